@@ -1,0 +1,311 @@
+"""Convert official or diffusers ACE-Step 1.5 checkpoints into our layout (in memory or on disk).
+
+Our layout, one folder:
+    config.json                  format_version + one section per component (acestep_core.config)
+    text_encoder.safetensors     Qwen3 encoder
+    vae.safetensors              Oobleck VAE, weight norm folded
+    dit.safetensors              DiT decoder
+    condition.safetensors        condition encoder (+ null_condition_emb)
+    audio_tokenizer.safetensors  FSQ tokenizer
+    audio_detokenizer.safetensors
+    silence_latent.safetensors   key "silence_latent", [1, T, 64] time-major
+    tokenizer.json               the Qwen3 tokenizer
+
+Every source key must match exactly one rule of `keymaps.TABLES`, every parameter of our module must be
+produced, and every shape must equal what the config implies; anything else is a `ConversionError`
+naming the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from acestep_core.config import AceStepConfig, save_config
+from acestep_core.safetensors_io import CheckpointError, read_safetensors, read_state_dict, write_safetensors
+
+from . import configs, keymaps, transforms
+
+log = logging.getLogger("weights_convert")
+
+COMPONENTS = ("text_encoder", "vae", "dit", "condition", "audio_tokenizer", "audio_detokenizer")
+# The four ACE-Step components share the official model.safetensors.
+_OFFICIAL_SHARED = ("dit", "condition", "audio_tokenizer", "audio_detokenizer")
+
+
+class ConversionError(CheckpointError):
+    pass
+
+
+def _compile(table):
+    rules = []
+    for src, dst in table:
+        if src.startswith("re:"):
+            rules.append((re.compile(src[3:]), dst, src))
+        else:
+            # `{}` is a layer index: digits, carried over to the `{}` of the target.
+            pattern = "^" + re.escape(src).replace(r"\{\}", r"(\d+)") + "$"
+            target = None if dst is None else dst.replace("{}", r"\1")
+            rules.append((re.compile(pattern), target, src))
+    return rules
+
+
+def _rename(state_dict: dict, tables: dict[str, list], where: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Route each key through the rules of `tables` (component -> rules); returns component -> renamed dict."""
+    compiled = {name: _compile(t) for name, t in tables.items()}
+    out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in tables}
+    unmatched, ambiguous = [], []
+    for key, tensor in state_dict.items():
+        hits = [(name, rx, dst) for name, rules in compiled.items() for rx, dst, _ in rules if rx.match(key)]
+        if not hits:
+            unmatched.append(key)
+            continue
+        if len(hits) > 1:
+            ambiguous.append(key)
+            continue
+        name, rx, dst = hits[0]
+        if dst is None:
+            continue  # dropped on purpose (see the rule's comment in keymaps.py)
+        new_key = rx.sub(dst, key)
+        if new_key in out[name]:
+            raise ConversionError(f"{where}: two source keys map to {new_key!r}")
+        out[name][new_key] = tensor
+    if unmatched:
+        raise ConversionError(f"{where}: unknown key {unmatched[0]!r}" + (f" (+{len(unmatched) - 1} more)" if len(unmatched) > 1 else ""))
+    if ambiguous:
+        raise ConversionError(f"{where}: key {ambiguous[0]!r} matches several rules")
+    return out
+
+
+def convert_component(state_dict: dict[str, torch.Tensor], source: str, component: str,
+                      where: str = "<state dict>") -> dict[str, torch.Tensor]:
+    """Rename (and transform) one component's source tensors into our names.
+
+    source: "official" (for dit/condition/audio_tokenizer/audio_detokenizer, the whole official model.safetensors;
+    keys of the other three components are routed away), "diffusers" (that component's own state dict) or
+    "transformers" (text encoder only).
+    """
+    if source not in keymaps.TABLES or component not in keymaps.TABLES[source]:
+        raise ValueError(f"no key map for source={source!r}, component={component!r}")
+    if component == "vae":
+        try:
+            state_dict = transforms.fold_all_weight_norms(state_dict)
+        except KeyError as e:
+            raise ConversionError(f"{where}: {e.args[0]}") from None
+    if source == "official" and component in _OFFICIAL_SHARED:
+        tables = {name: keymaps.TABLES["official"][name] for name in _OFFICIAL_SHARED}
+    else:
+        tables = {component: keymaps.TABLES[source][component]}
+    return _rename(state_dict, tables, where)[component]
+
+
+def check_against_config(tensors: dict[str, torch.Tensor], component: str, config: AceStepConfig, where: str) -> None:
+    """Every parameter our module has is present with the shape the config implies, and nothing else."""
+    from acestep_core.loading import expected_shapes
+
+    expected = expected_shapes(component, config)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        raise ConversionError(f"{where}: missing key {missing[0]!r} for {component}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra:
+        raise ConversionError(f"{where}: unexpected key {extra[0]!r} for {component}")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ConversionError(f"{where}: {component} key {key!r} has shape {tuple(tensors[key].shape)}, "
+                                  f"the config implies {shape}")
+
+
+# --- whole checkpoints -------------------------------------------------------------------------------------
+
+@dataclass
+class Converted:
+    config: AceStepConfig
+    components: dict[str, dict[str, torch.Tensor]]
+    silence_latent: torch.Tensor  # [1, T, 64]
+    tokenizer_json: str  # path to the source tokenizer.json
+    source: str
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def detect_layout(path: str, variant: str | None = None) -> tuple[str, str]:
+    """-> (layout, root): "ours" / "diffusers" (root = the folder) or "official" (root = the model folder)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a folder")
+    cfg_path = os.path.join(path, "config.json")
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        return "diffusers", path
+    if os.path.isfile(cfg_path):
+        cfg = _read_json(cfg_path)
+        if "format_version" in cfg:
+            return "ours", path
+        if cfg.get("model_type") == "acestep" or "model_version" in cfg:
+            return "official", path
+    # An official checkpoints/ folder: pick the model folder by variant.
+    models = sorted(d for d in os.listdir(path) if d.startswith("acestep-v15") and os.path.isdir(os.path.join(path, d)))
+    if models:
+        if variant is not None:
+            wanted = [d for d in models if d.replace("_", "-").endswith(variant.replace("_", "-"))]
+            if not wanted:
+                raise CheckpointError(f"{path}: no acestep-v15 folder for variant {variant!r} (found: {', '.join(models)})")
+            return "official", os.path.join(path, wanted[0])
+        if len(models) == 1:
+            return "official", os.path.join(path, models[0])
+        if "acestep-v15-turbo" in models:
+            return "official", os.path.join(path, "acestep-v15-turbo")
+        raise CheckpointError(f"{path}: several models ({', '.join(models)}); choose one with --variant")
+    raise CheckpointError(f"{path}: not an ACE-Step checkpoint (no config.json, model_index.json or acestep-v15-* folder)")
+
+
+def _pad_id(tokenizer_json: str) -> int:
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(tokenizer_json)
+    except Exception as e:
+        raise CheckpointError(f"{tokenizer_json}: cannot load the tokenizer ({e})") from None
+    pad = tok.token_to_id("<|endoftext|>")
+    if pad is None:
+        raise CheckpointError(f"{tokenizer_json}: the tokenizer has no <|endoftext|> pad token")
+    return pad
+
+
+def _convert_official(model_dir: str) -> Converted:
+    parent = os.path.dirname(model_dir)
+    vae_dir, text_dir = os.path.join(parent, "vae"), os.path.join(parent, "Qwen3-Embedding-0.6B")
+    for d in (vae_dir, text_dir):
+        if not os.path.isdir(d):
+            raise CheckpointError(f"{d}: missing; the official layout keeps vae/ and Qwen3-Embedding-0.6B/ beside {os.path.basename(model_dir)}/")
+    dit_c, cond_c, tok_c, version = configs.acestep_from_official(_read_json(os.path.join(model_dir, "config.json")),
+                                                                 os.path.join(model_dir, "config.json"))
+    text_c = configs.qwen3_from_transformers(_read_json(os.path.join(text_dir, "config.json")),
+                                             os.path.join(text_dir, "config.json"))
+    vae_c = configs.oobleck_from_diffusers(_read_json(os.path.join(vae_dir, "config.json")),
+                                           os.path.join(vae_dir, "config.json"))
+    tokenizer_json = os.path.join(text_dir, "tokenizer.json")
+    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json)))
+
+    model_sd = read_state_dict(model_dir, "model")
+    where = os.path.join(model_dir, "model.safetensors")
+    components = {name: convert_component(model_sd, "official", name, where) for name in _OFFICIAL_SHARED}
+    components["text_encoder"] = convert_component(read_state_dict(text_dir, "model"), "official", "text_encoder",
+                                                   os.path.join(text_dir, "model.safetensors"))
+    components["vae"] = convert_component(read_state_dict(vae_dir, "diffusion_pytorch_model"), "official", "vae",
+                                          os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"))
+    silence_path = os.path.join(model_dir, "silence_latent.pt")
+    silence = _load_silence_pt(silence_path)
+    return Converted(config, components, silence, tokenizer_json, "official")
+
+
+def _load_silence_pt(path: str) -> torch.Tensor:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        # weights_only=True: a plain tensor file never needs arbitrary unpickling.
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the silence latent ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(tensor, torch.Tensor):
+        raise CheckpointError(f"{path}: expected a tensor, found {type(tensor).__name__}")
+    try:
+        return transforms.silence_latent_from_official(tensor)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+_DIFFUSERS_FOLDERS = {
+    "dit": ("transformer", "diffusion_pytorch_model"),
+    "condition": ("condition_encoder", "diffusion_pytorch_model"),
+    "audio_tokenizer": ("audio_tokenizer", "diffusion_pytorch_model"),
+    "audio_detokenizer": ("audio_token_detokenizer", "diffusion_pytorch_model"),
+    "vae": ("vae", "diffusion_pytorch_model"),
+    "text_encoder": ("text_encoder", "model"),
+}
+
+
+def _convert_diffusers(root: str) -> Converted:
+    def cfg(folder):
+        return _read_json(os.path.join(root, folder, "config.json"))
+
+    dit_c, cond_c, tok_c, version = configs.acestep_from_diffusers(
+        cfg("transformer"), cfg("condition_encoder"), cfg("audio_tokenizer"), cfg("audio_token_detokenizer"), root)
+    text_c = configs.qwen3_from_transformers(cfg("text_encoder"), os.path.join(root, "text_encoder", "config.json"))
+    vae_c = configs.oobleck_from_diffusers(cfg("vae"), os.path.join(root, "vae", "config.json"))
+    tokenizer_json = os.path.join(root, "tokenizer", "tokenizer.json")
+    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json)))
+    components, silence = {}, None
+    for name, (folder, stem) in _DIFFUSERS_FOLDERS.items():
+        sd = read_state_dict(os.path.join(root, folder), stem)
+        where = os.path.join(root, folder, stem + ".safetensors")
+        if name == "condition":
+            if "silence_latent" not in sd:
+                raise ConversionError(f"{where}: missing key 'silence_latent'")
+            silence = sd["silence_latent"]
+        components[name] = convert_component(sd, "diffusers", name, where)
+    return Converted(config, components, silence, tokenizer_json, "diffusers")
+
+
+def convert_checkpoint(path: str, variant: str | None = None) -> Converted:
+    """Read an official or diffusers checkpoint and return our config and tensors, fully validated."""
+    layout, root = detect_layout(path, variant)
+    if layout == "ours":
+        raise CheckpointError(f"{root}: already in our layout; nothing to convert")
+    conv = _convert_official(root) if layout == "official" else _convert_diffusers(root)
+    for name in COMPONENTS:
+        check_against_config(conv.components[name], name, conv.config, f"{root} ({layout})")
+    if conv.silence_latent.dim() != 3 or conv.silence_latent.shape[-1] != conv.config.dit.latent_dim:
+        raise ConversionError(f"{root}: silence latent has shape {tuple(conv.silence_latent.shape)}, "
+                              f"expected [1, T, {conv.config.dit.latent_dim}]")
+    return conv
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, force: bool = False, progress=None) -> None:
+    """Write `conv` to `dst` atomically: a temporary folder beside dst, renamed at the very end."""
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and not force:
+        raise CheckpointError(f"{dst}: already exists (use --force to replace it)")
+    target_dtype = _DTYPES[dtype] if dtype else None
+    parent = os.path.dirname(dst) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", dir=parent)
+    try:
+        save_config(conv.config, os.path.join(tmp, "config.json"))
+        for name in COMPONENTS:
+            tensors = conv.components[name]
+            if target_dtype is not None:
+                # Only floating tensors change precision; none of ours are integer, but stay safe.
+                tensors = {k: v.to(target_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+            write_safetensors(tensors, os.path.join(tmp, name + ".safetensors"))
+            if progress is not None:
+                progress(name)
+        write_safetensors({"silence_latent": conv.silence_latent}, os.path.join(tmp, "silence_latent.safetensors"))
+        shutil.copyfile(conv.tokenizer_json, os.path.join(tmp, "tokenizer.json"))
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
