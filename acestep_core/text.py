@@ -72,8 +72,14 @@ class TextTokenizer:
             enc.truncate(room, direction="right")
         return self.tokenizer.post_process(enc, add_special_tokens=True).ids
 
-    def batch(self, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize each text alone, right-pad to the longest -> ids [B, L] int64, mask [B, L] int64 (1 = real)."""
+    def batch(self, texts: list[str], max_tokens: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize each text alone, pad to the longest -> ids [B, L] int64, mask [B, L] int64 (1 = real).
+
+        The official handler pads on the right; diffusers pads on the left (the Qwen tokenizer's
+        padding side), which `padding_side="left"` reproduces for `compat="diffusers"`.
+        """
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
             raise ValueError("texts must be a non-empty list of str")
         seqs = [self.encode(t, max_tokens) for t in texts]
@@ -84,14 +90,15 @@ class TextTokenizer:
         ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.int64)
         mask = torch.zeros((len(seqs), length), dtype=torch.int64)
         for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
-            mask[i, : len(s)] = 1
+            span = slice(0, len(s)) if padding_side == "right" else slice(length - len(s), length)
+            ids[i, span] = torch.tensor(s, dtype=torch.int64)
+            mask[i, span] = 1
         return ids, mask
 
-    def encode_captions(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_captions(self, prompts: list[str], padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
         """Formatted caption prompts (`prompts.format_caption`) -> ids, mask [B, L], truncated at 256 tokens."""
-        return self.batch(prompts, self.caption_max_tokens)
+        return self.batch(prompts, self.caption_max_tokens, padding_side)
 
-    def encode_lyrics(self, lyric_texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_lyrics(self, lyric_texts: list[str], padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
         """Formatted lyric texts (`prompts.format_lyrics`) -> ids, mask [B, L], truncated at 2048 tokens."""
-        return self.batch(lyric_texts, self.lyric_max_tokens)
+        return self.batch(lyric_texts, self.lyric_max_tokens, padding_side)

@@ -1,0 +1,273 @@
+"""The text-to-music pipeline: thin glue from a request to audio.
+
+    pipe = acestep_core.load_pipeline("checkpoints/")          # ours, official or diffusers layout
+    audio = pipe("upbeat synth pop", lyrics="[verse]\\n...", audio_duration=30, seed=0).audios  # [1, 2, S]
+
+`__call__` takes the keyword arguments of diffusers 0.42.1 `AceStepPipeline.__call__` with the same tensor
+layouts, so switching is a one-line change; the behaviour is the official handler's unless
+`compat="diffusers"` (docs/parity.md lists every difference). The models are plain attributes
+(`pipe.text_encoder`, `pipe.vae`, `pipe.dit`, `pipe.condition_encoder`, `pipe.audio_tokenizer`,
+`pipe.audio_detokenizer`) that a researcher can call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import prompts, tasks
+from .config import AceStepConfig
+from .generate import Condition, Guidance, Repaint, generate_latents
+from .loading import load_checkpoint
+from .requests import Request, parse_request
+from .text import TextTokenizer
+
+log = logging.getLogger("acestep_core")
+
+REFERENCE_SECONDS = 30  # timbre reference: 3 x 10 s segments
+PEAK_DB = -1.0  # official inference.py normalises every song to -1 dBFS peak
+
+
+@dataclass
+class PipelineOutput:
+    audios: torch.Tensor  # [B, 2, S] float32 ("pt"), a numpy array ("np"), or latents [B, T, 64] ("latent")
+    latents: torch.Tensor  # [B, T, 64] final latents
+    sample_rate: int
+    timings: dict = field(default_factory=dict)  # seconds per stage
+
+
+class AceStepPipeline:
+    def __init__(self, config: AceStepConfig, modules: dict, silence_latent: torch.Tensor, tokenizer: TextTokenizer):
+        self.config = config
+        self.text_encoder = modules["text_encoder"]
+        self.vae = modules["vae"]
+        self.dit = modules["dit"]
+        self.condition_encoder = modules["condition"]
+        self.audio_tokenizer = modules["audio_tokenizer"]
+        self.audio_detokenizer = modules["audio_detokenizer"]
+        self.silence_latent = silence_latent  # [1, S, 64]
+        self.tokenizer = tokenizer
+        self.sample_rate = config.vae.sampling_rate
+        self.hop = config.vae.hop_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.silence_latent.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.silence_latent.dtype
+
+    # --- building blocks a researcher can call on their own -------------------------------------------------
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str], lyric_texts: list[str], *, padding_side: str = "right"):
+        """Formatted prompts -> (caption states [B, Lt, H], mask [B, Lt], lyric embeddings [B, Ll, H], mask [B, Ll])."""
+        ids, mask = self.tokenizer.encode_captions(captions, padding_side=padding_side)
+        lids, lmask = self.tokenizer.encode_lyrics(lyric_texts, padding_side=padding_side)
+        ids, mask, lids, lmask = (t.to(self.device) for t in (ids, mask, lids, lmask))
+        return self.text_encoder(ids), mask, self.text_encoder.embed(lids), lmask
+
+    @torch.no_grad()
+    def encode_audio(self, wave: torch.Tensor, *, sample: bool = False, generator=None) -> torch.Tensor:
+        """Audio [B, 2, S] at the VAE rate -> latents [B, S // hop, 64] (posterior mean unless sample=True)."""
+        z = self.vae.encode(wave.to(self.device), sample=sample, generator=generator)
+        return z.transpose(1, 2).to(self.dtype)  # [B, 64, T] -> [B, T, 64]
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, *, chunk_size: int | None = 256) -> torch.Tensor:
+        """Latents [B, T, 64] -> audio [B, 2, T * hop] float32. Official: items one by one, chunks of 256 frames on CPU."""
+        z = latents.transpose(1, 2)  # [B, T, 64] -> [B, 64, T]
+        return torch.cat([self.vae.decode(z[i:i + 1], chunk_size=chunk_size).float() for i in range(z.shape[0])])
+
+    @torch.no_grad()
+    def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
+        """FSQ codes [B, N] -> 25 Hz latent hints [B, 5 N, 64] (official: quantizer output -> detokenizer)."""
+        return self.audio_detokenizer(self.audio_tokenizer.codes_to_quantized(codes.to(self.device)))
+
+    @torch.no_grad()
+    def round_trip_fsq(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, T, 64] -> FSQ tokenize + detokenize -> [B, T, 64]: the cover task's context."""
+        quantized, _, _ = self.audio_tokenizer.tokenize(latents, self.silence_latent)
+        return self.audio_detokenizer(quantized)[:, : latents.shape[1]]
+
+    # --- the request ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(self, prompt=None, lyrics="", **kwargs) -> PipelineOutput | tuple:
+        start = time.perf_counter()
+        req: Request = parse_request(self, prompt=prompt, lyrics=lyrics, **kwargs)
+        timings: dict[str, float] = {}
+
+        def lap(name):
+            nonlocal start
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - start
+            start = now
+
+        b, dtype, device = req.batch_size, self.dtype, self.device
+        src_latents = code_hints = None
+        if req.codes is not None:
+            code_hints = self.codes_to_latents(req.codes).to(dtype)  # [B, 5N, 64]
+        elif req.src_audio is not None:
+            src_latents = self.encode_audio(req.src_audio, sample=req.sample_posterior, generator=req.vae_generator)
+        lap("encode_audio")
+
+        # Latent length: the source or codes decide it when given, else the requested duration.
+        if code_hints is not None:
+            length = max(code_hints.shape[1], 1 if req.compat == "diffusers" else tasks.MIN_FRAMES)
+        elif src_latents is not None:
+            length = max(src_latents.shape[1], 1 if req.compat == "diffusers" else tasks.MIN_FRAMES)
+        else:
+            length = tasks.latent_length(req.audio_duration, self.sample_rate, self.hop, req.compat)
+        window = None
+        if req.repaint_window is not None:
+            window = tasks.repaint_frames(*req.repaint_window, length, self.sample_rate, self.hop, req.compat)
+        inputs = tasks.build_task_inputs(req.task, length, b, self.silence_latent, source=src_latents,
+                                         code_hints=code_hints, window=window, chunk_mask_mode=req.chunk_mask_mode)
+
+        # Text: the caption prompt says the source's duration when there is one (official).
+        captions = [prompts.format_caption(c, req.instruction, bpm=req.bpm, timesignature=req.timesignature,
+                                           keyscale=req.keyscale, duration=req.metas_duration) for c in req.prompts]
+        lyric_texts = [prompts.format_lyrics(l, lang) for l, lang in zip(req.lyrics, req.languages)]
+        text, text_mask, lyric, lyric_mask = self.encode_text(captions, lyric_texts, padding_side=req.padding_side)
+        lap("text_encoder")
+
+        refs, order = self._reference_latents(req, b)
+        states, mask = self.condition_encoder(text, text_mask, lyric, lyric_mask, refs, order)
+        context = self._context(inputs, code_hints)
+        cond = Condition(states, mask, context)
+        non_cover = None
+        if req.audio_cover_strength < 1.0:
+            non_cover = self._non_cover_condition(req, inputs, lyric, lyric_mask, refs, order, context)
+        lap("condition")
+
+        noise = req.noise(length, self.config.dit.latent_dim, dtype, device)
+        timesteps = req.timesteps_for(self.config.pipeline.is_turbo, dtype)
+        guidance = Guidance(req.guidance_scale, (req.cfg_interval_start, req.cfg_interval_end),
+                            "1-t" if req.compat == "diffusers" else "t")
+        repaint = None
+        if inputs.repaint_mask is not None and req.compat == "official":
+            inject, frames = req.repaint_schedule
+            repaint = Repaint(inputs.repaint_mask, inputs.clean_src, inject, frames)
+        num_steps = len(timesteps) - 1
+        cover_steps = int(num_steps * req.audio_cover_strength)
+        blend = req.audio_cover_strength if (non_cover is not None and req.compat == "diffusers") else None
+        latents = generate_latents(
+            self.dit, noise, timesteps, cond, guidance=guidance, null_emb=self.condition_encoder.null_condition_emb,
+            non_cover=non_cover, cover_steps=cover_steps, cover_blend=blend, repaint=repaint,
+            mask_condition_padding=req.mask_condition_padding, on_step=req.step_callback(self, timesteps),
+            progress=req.progress,
+        )
+        lap("dit")
+
+        if req.output_type == "latent":
+            out = latents
+        else:
+            audio = self.decode_latents(latents, chunk_size=req.vae_chunk_size)
+            if repaint is not None and req.src_audio is not None:
+                audio = _splice_repaint(audio, req.src_audio_padded, req.repaint_window_samples(self.sample_rate),
+                                        req.repaint_wav_crossfade)
+            audio = _normalize(audio)
+            lap("vae_decode")
+            out = audio.cpu().numpy() if req.output_type == "np" else audio
+        result = PipelineOutput(out, latents, self.sample_rate, timings)
+        return result if req.return_dict else (out,)
+
+    # --- pieces of __call__ ----------------------------------------------------------------------------------
+
+    def _reference_latents(self, req: Request, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> packed reference latents [N, 750, 64] and the batch index of each [N]."""
+        frames = self.config.condition.timbre_fix_frame
+        if req.reference_audio is None:
+            refs = self.silence_latent[:, :frames].expand(batch_size, -1, -1)
+        else:
+            wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
+            refs = self.encode_audio(wave, sample=req.sample_posterior, generator=req.vae_generator)[:, :frames]
+            if refs.shape[0] == 1:
+                refs = refs.expand(batch_size, -1, -1)
+        order = torch.arange(batch_size, device=self.device)
+        return refs.contiguous(), order
+
+    def _context(self, inputs: tasks.TaskInputs, code_hints: torch.Tensor | None) -> torch.Tensor:
+        src = inputs.src_latents
+        if bool(inputs.is_cover.any()):
+            length = src.shape[1]
+            if code_hints is not None:
+                hints = torch.stack([tasks.pad_with_silence(h, length, self.silence_latent) for h in code_hints])
+            else:
+                hints = self.round_trip_fsq(src)
+            src = torch.where(inputs.is_cover[:, None, None], hints.to(src), src)
+        mask = inputs.chunk_mask[..., None].expand(-1, -1, src.shape[-1]).to(src)  # [B, T] -> [B, T, 64]
+        return torch.cat([src, mask], dim=-1)  # [B, T, 128]
+
+    def _non_cover_condition(self, req, inputs, lyric, lyric_mask, refs, order, context) -> Condition:
+        """audio_cover_strength < 1: the text2music instruction; official: silence context, no cover hints;
+        diffusers: the same (cover) context as the main condition."""
+        captions = [prompts.format_caption(c, prompts.DEFAULT_INSTRUCTION, bpm=req.bpm,
+                                           timesignature=req.timesignature, keyscale=req.keyscale,
+                                           duration=req.metas_duration) for c in req.prompts]
+        ids, mask = self.tokenizer.encode_captions(captions, padding_side=req.padding_side)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        text = self.text_encoder(ids)
+        states, cmask = self.condition_encoder(text, mask, lyric, lyric_mask, refs, order)
+        if req.compat == "diffusers":
+            return Condition(states, cmask, context)
+        length = inputs.src_latents.shape[1]
+        silence = tasks.tile_silence(self.silence_latent, length)[None].expand(inputs.src_latents.shape[0], -1, -1)
+        plain = tasks.TaskInputs(silence, inputs.chunk_mask, torch.zeros_like(inputs.is_cover), None, None)
+        return Condition(states, cmask, self._context(plain, None))
+
+
+def _reference_segments(audio: torch.Tensor, rate: int) -> torch.Tensor:
+    """[Br, 2, S] -> [Br, 2, 30 s]: tiled to at least 30 s, then the front, middle and back 10 s segments.
+
+    The official handler picks the three 10 s segments at random offsets (Python `random`, unseeded); we
+    take diffusers' fixed front / middle / back positions so a request is reproducible (docs/parity.md).
+    """
+    target, seg = REFERENCE_SECONDS * rate, 10 * rate
+    if audio.shape[-1] < target:
+        audio = audio.repeat(1, 1, -(-target // audio.shape[-1]))  # [Br, 2, S] -> [Br, 2, k S]
+    total = audio.shape[-1]
+    mid, back = total // 3, max(total - seg, 0)
+    return torch.cat([audio[..., :seg], audio[..., mid:mid + seg], audio[..., back:back + seg]], dim=-1)
+
+
+def _splice_repaint(audio: torch.Tensor, source: torch.Tensor, window: tuple[int, int], fade: int) -> torch.Tensor:
+    """Official balanced repaint: keep the source waveform outside the window, with linear fades of `fade` samples."""
+    n = min(audio.shape[-1], source.shape[-1])
+    start, end = (max(0, min(v, n)) for v in window)
+    if start == 0 and end >= n:
+        return audio
+    m = torch.zeros(n, dtype=audio.dtype, device=audio.device)
+    m[start:end] = 1.0
+    if fade > 0:
+        lo, hi = max(start - fade, 0), min(end + fade, n)
+        if start > lo:
+            m[lo:start] = torch.linspace(0, 1, start - lo + 2)[1:-1]
+        if hi > end:
+            m[end:hi] = torch.linspace(1, 0, hi - end + 2)[1:-1]
+    src = source[..., :n].to(audio)
+    mixed = m * audio[..., :n] + (1 - m) * src
+    return torch.cat([mixed, audio[..., n:]], dim=-1)
+
+
+def _normalize(audio: torch.Tensor) -> torch.Tensor:
+    """Official output level: divide by the peak when it exceeds 1 (handler), then -1 dBFS peak (inference.py)."""
+    peak = audio.abs().amax(dim=(1, 2), keepdim=True)  # [B, 1, 1]
+    audio = audio / peak.clamp(min=1.0)
+    peak = audio.abs().amax(dim=(1, 2), keepdim=True)
+    gain = torch.where(peak < 1e-6, torch.ones_like(peak), (10 ** (PEAK_DB / 20)) / peak.clamp(min=1e-6))
+    return audio * gain
+
+
+def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *, variant: str | None = None) -> AceStepPipeline:
+    """Load a pipeline from our layout, an official `checkpoints/` folder or a diffusers AceStepPipeline folder."""
+    ckpt = load_checkpoint(path, device=device, dtype=dtype, variant=variant)
+    pc = ckpt.config.pipeline
+    tok = TextTokenizer(ckpt.tokenizer_json, pad_token_id=pc.pad_token_id, caption_max_tokens=pc.text_max_tokens,
+                        lyric_max_tokens=pc.lyric_max_tokens)
+    return AceStepPipeline(ckpt.config, ckpt.modules, ckpt.silence_latent, tok)
