@@ -141,7 +141,8 @@ class AceStepPipeline:
         context = self._context(inputs, code_hints)
         cond = Condition(states, mask, context)
         non_cover = None
-        if req.audio_cover_strength < 1.0:
+        # diffusers only mixes in the non-cover condition for the cover task; the official for any task.
+        if req.audio_cover_strength < 1.0 and (req.compat == "official" or req.task == "cover"):
             non_cover = self._non_cover_condition(req, inputs, lyric, lyric_mask, refs, order, context)
         lap("condition")
 

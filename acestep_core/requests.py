@@ -245,8 +245,6 @@ def parse_request(
     # Metadata: validated by formatting once (the messages name bpm / keyscale / timesignature).
     prompts.format_metas(bpm=bpm, timesignature=timesignature, keyscale=keyscale)
     audio_duration = _number("audio_duration", audio_duration, lo=0.1, hi=MAX_SECONDS, allow_none=True)
-    if compat == "diffusers" and audio_duration is None:
-        audio_duration = 60.0  # diffusers' default
 
     channels, hop, rate = cfg.vae.audio_channels, cfg.vae.hop_length, cfg.vae.sampling_rate
     if src_audio is not None:
@@ -312,6 +310,9 @@ def parse_request(
     inv = 1.0 - strength
     repaint_schedule = (inv, round(25 * inv))  # official "balanced" mode (_resolve_repaint_config)
 
+    if compat == "diffusers" and audio_duration is None:
+        # diffusers' default, which its prompt states even when a source or codes set the length.
+        audio_duration = 60.0
     metas_duration = audio_duration
     if src_audio is not None and compat == "official":
         metas_duration = src_audio.shape[-1] / rate  # official: the caption states the source's length
