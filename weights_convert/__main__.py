@@ -1,8 +1,9 @@
-"""python -m weights_convert SRC DST [--dtype fp32|bf16|fp16] [--variant NAME] [--force]
+"""python -m weights_convert SRC DST [--to ours|diffusers] [--dtype fp32|bf16|fp16] [--variant NAME] [--force]
 
 SRC is an official `checkpoints/` folder (or the acestep-v15-* folder inside it) or a diffusers
-AceStepPipeline folder; DST is written in our layout (see weights_convert/convert.py). Errors print one
-line and exit with status 1; nothing is left at DST.
+AceStepPipeline folder (with --to diffusers, also our layout); DST is written in our layout (see
+weights_convert/convert.py) or, with --to diffusers, as a diffusers AceStepPipeline folder (see
+weights_convert/to_diffusers.py). Errors print one line and exit with status 1; nothing is left at DST.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from tqdm import tqdm
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m weights_convert", description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="official checkpoints/ folder, an acestep-v15-* folder, or a diffusers pipeline folder")
-    parser.add_argument("dst", help="output folder (our layout)")
+    parser.add_argument("src", help="official checkpoints/ folder, an acestep-v15-* folder, or a diffusers pipeline "
+                                    "folder (with --to diffusers, also a folder in our layout)")
+    parser.add_argument("dst", help="output folder")
+    parser.add_argument("--to", choices=("ours", "diffusers"), default="ours",
+                        help="layout of DST: ours (default) or a diffusers AceStepPipeline folder")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="store tensors in this dtype (default: keep the source dtype)")
     parser.add_argument("--variant", default=None, help="model folder to pick from an official checkpoints/ folder, "
@@ -37,10 +41,15 @@ def main(argv=None) -> int:
 
         if os.path.exists(args.dst) and not args.force:
             raise CheckpointError(f"{os.path.abspath(args.dst)}: already exists (use --force to replace it)")
-        conv = convert_checkpoint(args.src, args.variant)
+        if args.to == "diffusers":
+            from .to_diffusers import read_source, write_diffusers
+
+            conv, write = read_source(args.src, args.variant), write_diffusers
+        else:
+            conv, write = convert_checkpoint(args.src, args.variant), write_checkpoint
         with tqdm(total=len(COMPONENTS), desc="writing", unit="file") as bar:
-            write_checkpoint(conv, args.dst, dtype=args.dtype, force=args.force,
-                             progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+            write(conv, args.dst, dtype=args.dtype, force=args.force,
+                  progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     except (CheckpointError, ConfigError, SourceConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -48,7 +57,7 @@ def main(argv=None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     print(f"converted {conv.source} checkpoint ({conv.config.pipeline.model_version}) -> {args.dst} "
-          f"in {time.perf_counter() - start:.1f}s")
+          f"({args.to} layout) in {time.perf_counter() - start:.1f}s")
     return 0
 
 

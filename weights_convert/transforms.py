@@ -46,6 +46,36 @@ def fold_all_weight_norms(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
+def unfold_weight_norm(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight -> (weight_g, weight_v) such that fold_weight_norm(g, v) gives weight back (to rounding).
+
+    v is the weight itself and g its norm over every dim but 0 (torch weight_norm's dim=0: the output
+    channels of a Conv1d, the input channels of a ConvTranspose1d), shaped [dim0, 1, 1].
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        raise ValueError(f"weight must be a tensor with at least 2 dims [out, ...], got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    # float32 norm: a bf16 sum over in_channels * kernel values loses digits (as in fold_weight_norm).
+    norm = weight.float().flatten(1).norm(dim=1)  # [out, in, k] -> [out]
+    return norm.view(-1, *([1] * (weight.dim() - 1))).to(weight.dtype), weight  # [out] -> [out, 1, 1]
+
+
+def unfold_all_weight_norms(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every `X.weight` -> `X.weight_g` + `X.weight_v`; other keys unchanged.
+
+    In diffusers' AutoencoderOobleck every conv is weight-normed and nothing else has a `.weight`
+    (Snake1d has `alpha`/`beta`), so all of them unfold; the test checks this against the class itself.
+    """
+    out = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(".weight"):
+            base = key[: -len(".weight")]
+            out[base + ".weight_g"], out[base + ".weight_v"] = unfold_weight_norm(tensor)
+        else:
+            out[key] = tensor
+    return out
+
+
 def silence_latent_from_official(tensor: torch.Tensor) -> torch.Tensor:
     """The official `silence_latent.pt` is channels-first [1, 64, T]; we store it time-major [1, T, 64]."""
     if tensor.dim() != 3 or tensor.shape[0] != 1:
