@@ -14,6 +14,7 @@ import torch
 
 from . import sampling
 from .dit import DiT, CrossKV
+from .guidance import MomentumBuffer, adg, apg, cfg
 
 log = logging.getLogger("acestep_core")
 
@@ -32,6 +33,7 @@ class Guidance:
     scale: float = 1.0  # > 1 turns on APG with the learned null condition (base / SFT models)
     interval: tuple[float, float] = (0.0, 1.0)
     interval_on: str = "t"  # "t": start <= t <= end (official); "1-t": diffusers' mirrored convention
+    adg: bool = False  # official use_adg: angle-based guidance instead of APG inside the interval
 
     @property
     def enabled(self) -> bool:
@@ -85,27 +87,38 @@ def generate_latents(
     cover_steps: int | None = None,
     cover_blend: float | None = None,
     repaint: Repaint | None = None,
+    sampler: sampling.SamplerOptions | None = None,
+    turbo: bool = True,
+    start_latents: torch.Tensor | None = None,
     mask_condition_padding: bool = False,
     on_step: Callable[[int, float, torch.Tensor], torch.Tensor | None] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Euler flow matching from noise [B, T, C] along `timesteps` (ending with 0) -> latents [B, T, C].
+    """Flow matching from noise [B, T, C] along `timesteps` (ending with 0) -> latents [B, T, C].
 
     non_cover / cover_steps: the official audio_cover_strength < 1 switches to the non-cover condition
     from step `cover_steps` on. cover_blend (diffusers' convention instead) mixes the two velocities
     every step: v = s * v_cover + (1 - s) * v_non_cover.
-    on_step(i, t_next, x) may return a replacement x (diffusers' callback_on_step_end).
+    sampler: SDE / Heun / velocity clamp and EMA / DCW (sampling.SamplerOptions); default plain Euler.
+    turbo: the turbo loop (final x0 jump, no injection on it) or the base / SFT loop (sampling.sample).
+    start_latents: x at timesteps[0] when it is not `noise` itself (cover noise strength, see
+    sampling.cover_start); repaint injection still re-noises the source with `noise`.
+    on_step(i, t, x) may return a replacement x (diffusers' callback_on_step_end).
     """
     guidance = guidance or Guidance()
     if guidance.enabled and null_emb is None:
         raise ValueError("null_emb is required when guidance_scale > 1")
+    if start_latents is not None and start_latents.shape != noise.shape:
+        raise ValueError(f"start_latents: expected shape {list(noise.shape)} ([B, T, C]) like noise, "
+                         f"got {list(start_latents.shape)}")
     main = _dit_velocity(dit, cond, guidance, null_emb, mask_condition_padding)
     other = (_dit_velocity(dit, non_cover, guidance, null_emb, mask_condition_padding)
              if non_cover is not None else None)
-    buffer = sampling.MomentumBuffer()
+    buffer = MomentumBuffer()
     num_steps = len(timesteps) - 1
 
-    def velocity(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+    def predict(x: torch.Tensor, t: float, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(v_cond, v_uncond or None) from the condition in force at step i."""
         switched = other is not None and cover_blend is None and cover_steps is not None and i >= cover_steps
         v_cond, v_uncond = (other if switched else main)(x, t)
         if other is not None and cover_blend is not None:
@@ -113,24 +126,42 @@ def generate_latents(
             v_cond = cover_blend * v_cond + (1 - cover_blend) * v_nc
             if v_uncond is not None:
                 v_uncond = cover_blend * v_uncond + (1 - cover_blend) * v_nc_uncond
-        if v_uncond is None:
-            return v_cond
-        if not guidance.active(t):
+        return v_cond, v_uncond
+
+    def velocity(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+        v_cond, v_uncond = predict(x, t, i)
+        if v_uncond is None or not guidance.active(t):
             return v_cond  # outside the interval the momentum buffer is left untouched
-        return sampling.apg(v_cond, v_uncond, guidance.scale, buffer)
+        if guidance.adg:
+            return adg(x, v_cond, v_uncond, t, guidance.scale)
+        return apg(v_cond, v_uncond, guidance.scale, buffer)
+
+    def corrector(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+        """Heun's evaluation at t_next: plain CFG instead of APG, so the momentum advances once per step;
+        ADG where it can (t > 0)."""
+        v_cond, v_uncond = predict(x, t, i)
+        if v_uncond is None or not guidance.active(t):
+            return v_cond
+        if guidance.adg and t > 0:
+            return adg(x, v_cond, v_uncond, t, guidance.scale)
+        return cfg(v_cond, v_uncond, guidance.scale)
 
     injection_steps = round(repaint.injection_ratio * num_steps) if repaint is not None else 0
 
-    def after_step(x: torch.Tensor, i: int, t_next: float) -> torch.Tensor:
-        if repaint is not None and i < injection_steps and i < num_steps - 1:
-            x = sampling.repaint_injection(x, repaint.clean_src, repaint.mask, t_next, noise)
+    def after_step(x: torch.Tensor, i: int, t: float) -> torch.Tensor:
+        # The turbo loop ends on its x0 jump before injecting; the base loop injects on its last step too.
+        last_turbo = turbo and i == num_steps - 1
+        if repaint is not None and i < injection_steps and not last_turbo:
+            x = sampling.repaint_injection(x, repaint.clean_src, repaint.mask, t, noise)
         if on_step is not None:
-            replaced = on_step(i, t_next, x)
+            replaced = on_step(i, t, x)
             if replaced is not None:
                 x = replaced
         return x
 
-    x = sampling.euler(velocity, noise, timesteps, after_step=after_step, progress=progress)
+    x = noise if start_latents is None else start_latents
+    x = sampling.sample(velocity, x, timesteps, turbo=turbo, options=sampler, corrector=corrector,
+                        after_step=after_step, progress=progress)
     if repaint is not None and repaint.crossfade_frames > 0:
         x = sampling.repaint_crossfade(x, repaint.clean_src, repaint.mask, repaint.crossfade_frames)
     return x

@@ -6,18 +6,33 @@ t_next = 0, is exactly the official "jump to x0" x0 = x_t - v * t.
 
 Schedules are lists of Python floats that always end with 0.0; every value is rounded to float32
 first because the official code builds its schedules as float32 tensors.
+
+`sample` is the loop of the official `generate_audio`, with its options (SDE, Heun, velocity clamp / EMA,
+DCW). The official turbo and base loops differ in three places, all marked `turbo` in `sample`:
+  - last step: turbo jumps to x0 = x - v t and stops (no SDE noise, no Heun corrector, no repaint
+    injection); base takes an ordinary step to t = 0 (a Heun corrector evaluates the model at t = 0).
+  - SDE: turbo re-noises to the schedule's next time; base to 1 - (i + 1) / N, ignoring shift and
+    custom timesteps, and also draws (and discards, t = 0) noise on the last step.
+  - the schedules themselves (`turbo_schedule` / `base_schedule`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_btc, check_like
+from .dcw import DCW, dcw_correct
+
 # velocity(x [B, T, C], t: float, step: int) -> v [B, T, C]
 Velocity = Callable[[torch.Tensor, float, int], torch.Tensor]
+# Where SDE re-noising draws from: None = the global torch generator (official), a torch.Generator, or
+# a callable like(x) -> eps shaped like x (tests inject recorded draws with it).
+NoiseSource = Union[None, torch.Generator, Callable[[torch.Tensor], torch.Tensor]]
 
 # The official turbo sampler's fixed 8-step schedules (modeling_acestep_v15_turbo.py, SHIFT_TIMESTEPS); they
 # equal shift * t / (1 + (shift - 1) * t) on t = 1 - i / 8, i = 0..7 (tests/test_sampling.py checks it).
@@ -84,72 +99,159 @@ def validate_schedule(timesteps: Sequence[float]) -> None:
         raise ValueError(f"timesteps: must be strictly decreasing, got {ts}")
 
 
-def euler(
+# --- starting point --------------------------------------------------------------------------------------
+
+def mix_retake_noise(noise: torch.Tensor, retake_noise: torch.Tensor, variance: float) -> torch.Tensor:
+    """Retake: rotate the noise towards an independent draw, cos(v pi/2) noise + sin(v pi/2) retake_noise.
+
+    Variance preserving; variance 0 keeps `noise`, 1 gives `retake_noise` (the official draws it from a
+    second list of per-item seeds, exactly like the main noise)."""
+    check_like("retake_noise", retake_noise, noise)
+    if not 0.0 <= variance <= 1.0:
+        raise ValueError(f"variance: must lie in [0, 1], got {variance}")
+    if variance == 0.0:
+        return noise
+    angle = variance * math.pi / 2
+    return math.cos(angle) * noise + math.sin(angle) * retake_noise
+
+
+def cover_start(noise: torch.Tensor, src_latents: torch.Tensor, timesteps: Sequence[float],
+                strength: float) -> tuple[torch.Tensor, list[float]]:
+    """Cover noise strength: start from the source noised to the schedule time nearest to 1 - strength.
+
+    Returns (x at that time, the schedule from that time on). Both official loops search the non-final
+    times (turbo its t list, base t[:-1]) and count audio_cover_strength's switch step on the truncated
+    schedule, so the caller computes cover_steps from the returned one. strength 0 changes nothing.
+    """
+    check_like("src_latents", src_latents, noise)
+    validate_schedule(timesteps)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength: must lie in [0, 1], got {strength}")
+    ts = list(timesteps)
+    if strength == 0.0:
+        return noise, ts
+    start = min(range(len(ts) - 1), key=lambda k: abs(ts[k] - (1.0 - strength)))  # first of ties, as min()
+    t0 = ts[start]
+    return t0 * noise + (1.0 - t0) * src_latents, ts[start:]
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """The official sampler switches; the defaults give plain Euler ODE sampling.
+
+    method: "ode" or "sde" (official infer_method): SDE predicts x0 = x - v t each step and re-noises it
+        to the next time with fresh noise drawn from `sde_noise`.
+    solver: "euler" or "heun" (official sampler_mode): Heun adds a corrector evaluation at t_next and
+        steps with the average velocity; ODE only (the official silently falls back to Euler with SDE).
+    velocity_norm_threshold: > 0 scales each item's v down so that ||v|| <= threshold * ||x||.
+    velocity_ema: > 0 smooths v <- (1 - a) v + a v_prev from the second step on.
+    dcw: wavelet correction after every step, None = off (see DCW).
+    """
+
+    method: str = "ode"
+    solver: str = "euler"
+    velocity_norm_threshold: float = 0.0
+    velocity_ema: float = 0.0
+    dcw: DCW | None = None
+    sde_noise: NoiseSource = None
+
+    def __post_init__(self):
+        if self.method not in ("ode", "sde"):
+            raise ValueError(f"method: expected 'ode' or 'sde', got {self.method!r}")
+        if self.solver not in ("euler", "heun"):
+            raise ValueError(f"solver: expected 'euler' or 'heun', got {self.solver!r}")
+        if self.method == "sde" and self.solver == "heun":
+            raise ValueError("solver: 'heun' is an ODE solver; use method='ode' or solver='euler'")
+        if not self.velocity_norm_threshold >= 0.0:
+            raise ValueError(f"velocity_norm_threshold: must be >= 0, got {self.velocity_norm_threshold}")
+        if not 0.0 <= self.velocity_ema < 1.0:
+            raise ValueError(f"velocity_ema: must lie in [0, 1), got {self.velocity_ema}")
+        if self.dcw is not None and not isinstance(self.dcw, DCW):
+            raise ValueError(f"dcw: expected a sampling.DCW or None, got {type(self.dcw).__name__}")
+
+
+def clamp_velocity(v: torch.Tensor, x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Scale each item's v [B, T, C] down so that ||v|| <= threshold * ||x|| (norms over T and C)."""
+    check_btc("x", x)
+    check_like("v", v, x)
+    v_norm = torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True)  # [B, 1, 1]
+    x_norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True) + 1e-10
+    return v * torch.clamp(threshold * x_norm / (v_norm + 1e-10), max=1.0)
+
+
+def _draw(source: NoiseSource, like: torch.Tensor) -> torch.Tensor:
+    if source is None:
+        return torch.randn_like(like)  # the global generator, as the official renoise()
+    if isinstance(source, torch.Generator):
+        return torch.randn(like.shape, generator=source, dtype=like.dtype, device=like.device)
+    eps = source(like)
+    check_like("sde_noise(x)", eps, like)
+    return eps.to(like)
+
+
+def sample(
     velocity: Velocity,
     x: torch.Tensor,
     timesteps: Sequence[float],
     *,
+    turbo: bool,
+    options: SamplerOptions | None = None,
+    corrector: Velocity | None = None,
     after_step: Callable[[torch.Tensor, int, float], torch.Tensor] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Integrate dx/dt = v from timesteps[0] down to timesteps[-1] (= 0) with Euler steps.
+    """Integrate from timesteps[0] down to timesteps[-1] (= 0): the official generate_audio loop.
 
-    after_step(x, step, t_next) may replace x after each step (repaint injection, callbacks).
+    turbo: follow the turbo loop's last step and SDE times instead of the base loop's (module docstring).
+    corrector(x, t, step): the velocity for Heun's second evaluation (the base model guides it with
+    plain CFG instead of APG); required when options.solver == "heun".
+    after_step(x, step, t) may replace x after each step; t is the time x now sits at (repaint
+    injection, callbacks).
     """
+    check_btc("x", x)
     validate_schedule(timesteps)
-    steps = list(zip(timesteps[:-1], timesteps[1:]))
-    for i, (t, t_next) in enumerate(tqdm(steps, desc="sampling", disable=not progress, leave=False)):
+    options = options or SamplerOptions()
+    if options.solver == "heun" and corrector is None:
+        raise ValueError("corrector: a velocity callable is required for solver='heun'")
+    clamp, ema = options.velocity_norm_threshold, options.velocity_ema
+    n = len(timesteps) - 1
+    v_prev = None
+    for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
+        t, t_next = timesteps[i], timesteps[i + 1]
         v = velocity(x, t, i)
-        # dt is formed in float64 from float32 values and rounded once, as the official does.
-        x = x - v * (t - t_next)
+        if clamp > 0:
+            v = clamp_velocity(v, x, clamp)
+        if ema > 0 and v_prev is not None:
+            v = (1.0 - ema) * v + ema * v_prev
+        x_before, v_step = x, v
+        # Step sizes are Python floats (float64 differences of float32 times) rounded once by torch,
+        # which equals the official float32 arithmetic.
+        if turbo and i == n - 1:
+            x, t_after = x - v * t, 0.0  # turbo's final jump to x0, nothing else
+        elif options.method == "sde":
+            t_after = t_next if turbo else 1.0 - (i + 1) / n  # base: unshifted linear time (official)
+            x0 = x - v * t
+            x = t_after * _draw(options.sde_noise, x) + (1.0 - t_after) * x0
+        elif options.solver == "heun":
+            x_pred = x - v * (t - t_next)
+            v2 = corrector(x_pred, t_next, i)
+            if clamp > 0:
+                v2 = clamp_velocity(v2, x_pred, clamp)
+            if ema > 0:
+                v2 = (1.0 - ema) * v2 + ema * v  # against this step's v, on every step
+            v_step = 0.5 * (v + v2)
+            x, t_after = x - v_step * (t - t_next), t_next
+        else:
+            x, t_after = x - v * (t - t_next), t_next
+        if options.dcw is not None:
+            # x0 is estimated from the single evaluation at t, not from Heun's average.
+            x = dcw_correct(x, x_before - v * t, t, options.dcw)
+        v_prev = v_step
         if after_step is not None:
-            x = after_step(x, i, t_next)
+            x = after_step(x, i, t_after)
     return x
-
-
-# --- guidance (base / SFT models) ---------------------------------------------------------------------------
-
-class MomentumBuffer:
-    """APG's running average of the guidance difference: avg <- diff + momentum * avg (momentum -0.75)."""
-
-    def __init__(self, momentum: float = -0.75):
-        self.momentum = momentum
-        self.average: torch.Tensor | float = 0.0
-
-    def update(self, diff: torch.Tensor) -> torch.Tensor:
-        self.average = diff + self.momentum * self.average
-        return self.average
-
-
-def apg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale: float, buffer: MomentumBuffer | None,
-        *, norm_threshold: float = 2.5, eta: float = 0.0, dims: tuple[int, ...] = (1,)) -> torch.Tensor:
-    """Adaptive projected guidance as the official base model applies it (dims=(1,): the time axis of [B, T, C]).
-
-    The difference is momentum-averaged, its norm clipped to `norm_threshold`, and only the part orthogonal to
-    the conditional prediction is added (eta scales the parallel part).
-    """
-    diff = pred_cond - pred_uncond
-    if buffer is not None:
-        diff = buffer.update(diff)
-    if norm_threshold > 0:
-        norm = diff.norm(p=2, dim=dims, keepdim=True)
-        diff = diff * torch.minimum(torch.ones_like(norm), norm_threshold / norm)
-    # The projection runs in float64 in the official code: the dot products sum over thousands of frames.
-    d64, c64 = diff.double(), pred_cond.double()
-    unit = torch.nn.functional.normalize(c64, dim=dims)
-    parallel = (d64 * unit).sum(dim=dims, keepdim=True) * unit
-    orthogonal = (d64 - parallel).to(diff.dtype)
-    update = orthogonal + eta * parallel.to(diff.dtype)
-    return pred_cond + (scale - 1.0) * update
-
-
-def cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    return pred_uncond + scale * (pred_cond - pred_uncond)
-
-
-def in_cfg_interval(t: float, start: float, end: float) -> bool:
-    """Guidance applies while start <= t <= end, t being the current noise level (official convention)."""
-    return start <= t <= end
 
 
 # --- repaint helpers (official generate_audio) --------------------------------------------------------------
