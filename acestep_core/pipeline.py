@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import prompts, tasks
+from . import prompts, sampling, tasks
 from .config import AceStepConfig
 from .generate import Condition, Guidance, Repaint, generate_latents
 from .loading import load_checkpoint
@@ -146,10 +146,19 @@ class AceStepPipeline:
             non_cover = self._non_cover_condition(req, inputs, lyric, lyric_mask, refs, order, context)
         lap("condition")
 
-        noise = req.noise(length, self.config.dit.latent_dim, dtype, device)
-        timesteps = req.timesteps_for(self.config.pipeline.is_turbo, dtype)
+        channels, turbo = self.config.dit.latent_dim, self.config.pipeline.is_turbo
+        noise = req.noise(length, channels, dtype, device)
+        if req.retake_variance > 0:
+            retake = req.retake_noise(length, channels, dtype, device)
+            noise = sampling.mix_retake_noise(noise, retake, req.retake_variance)
+        timesteps = req.timesteps_for(turbo, dtype)
+        start_latents = None
+        if req.cover_noise_strength > 0:
+            # From the source noised to the schedule time nearest to 1 - strength (official cover mode).
+            start_latents, timesteps = sampling.cover_start(noise, inputs.src_latents, timesteps,
+                                                            req.cover_noise_strength)
         guidance = Guidance(req.guidance_scale, (req.cfg_interval_start, req.cfg_interval_end),
-                            "1-t" if req.compat == "diffusers" else "t")
+                            "1-t" if req.compat == "diffusers" else "t", adg=req.use_adg)
         repaint = None
         if inputs.repaint_mask is not None and req.compat == "official":
             inject, frames = req.repaint_schedule
@@ -159,8 +168,9 @@ class AceStepPipeline:
         blend = req.audio_cover_strength if (non_cover is not None and req.compat == "diffusers") else None
         latents = generate_latents(
             self.dit, noise, timesteps, cond, guidance=guidance, null_emb=self.condition_encoder.null_condition_emb,
-            non_cover=non_cover, cover_steps=cover_steps, cover_blend=blend, repaint=repaint,
-            mask_condition_padding=req.mask_condition_padding, on_step=req.step_callback(self, timesteps),
+            non_cover=non_cover, cover_steps=cover_steps, cover_blend=blend, repaint=repaint, sampler=req.sampler,
+            turbo=turbo, start_latents=start_latents, mask_condition_padding=req.mask_condition_padding,
+            on_step=req.step_callback(self, timesteps),
             progress=req.progress,
         )
         lap("dit")

@@ -124,6 +124,11 @@ class Request:
     vae_chunk_size: int | None
     callback_on_step_end: Callable | None
     progress: bool
+    retake_seeds: list[int] | None
+    retake_variance: float
+    cover_noise_strength: float
+    sampler: sampling.SamplerOptions
+    use_adg: bool
 
     @property
     def padding_side(self) -> str:
@@ -161,6 +166,11 @@ class Request:
             return torch.cat([torch.randn(1, length, channels, generator=g, device=g.device, dtype=dtype).to(device)
                               for g in gens])
         return torch.randn(shape, generator=gens, device=gens.device, dtype=dtype).to(device)
+
+    def retake_noise(self, length: int, channels: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """The second noise of a retake, drawn like the main noise from per-item retake seeds."""
+        gens = [torch.Generator(device=device).manual_seed(s) for s in self.retake_seeds]
+        return torch.cat([torch.randn(1, length, channels, generator=g, device=device, dtype=dtype) for g in gens])
 
     def step_callback(self, pipe, timesteps: list[float]):
         if self.callback_on_step_end is None:
@@ -219,6 +229,15 @@ def parse_request(
     sample_posterior=False,
     vae_chunk_size=256,
     progress=False,
+    retake_seed=None,
+    retake_variance=0.0,
+    cover_noise_strength=0.0,
+    infer_method="ode",
+    sampler_mode="euler",
+    velocity_norm_threshold=0.0,
+    velocity_ema_factor=0.0,
+    dcw_enabled=False,
+    use_adg=False,
 ) -> Request:
     cfg = pipe.config
     if compat not in COMPAT:
@@ -375,6 +394,38 @@ def parse_request(
     if callback_on_step_end is not None and not callable(callback_on_step_end):
         raise TypeError("callback_on_step_end must be callable or None")
 
+    # Official-only sampler options (diffusers has none of them).
+    retake_variance = _number("retake_variance", retake_variance, lo=0.0, hi=1.0)
+    cover_noise_strength = _number("cover_noise_strength", cover_noise_strength, lo=0.0, hi=1.0)
+    velocity_norm_threshold = _number("velocity_norm_threshold", velocity_norm_threshold, lo=0.0, hi=1e6)
+    velocity_ema_factor = _number("velocity_ema_factor", velocity_ema_factor, lo=0.0, hi=0.999)
+    if infer_method not in ("ode", "sde"):
+        raise ValueError(f"infer_method must be 'ode' or 'sde', got {infer_method!r}")
+    if sampler_mode not in ("euler", "heun"):
+        raise ValueError(f"sampler_mode must be 'euler' or 'heun', got {sampler_mode!r}")
+    if infer_method == "sde" and sampler_mode == "heun":
+        raise ValueError("sampler_mode 'heun' needs infer_method 'ode'")
+    extras = dict(retake_variance=retake_variance, cover_noise_strength=cover_noise_strength,
+                  velocity_norm_threshold=velocity_norm_threshold, velocity_ema_factor=velocity_ema_factor,
+                  infer_method=infer_method != "ode", sampler_mode=sampler_mode != "euler",
+                  dcw_enabled=bool(dcw_enabled), use_adg=bool(use_adg))
+    if compat == "diffusers" and any(extras.values()):
+        name = next(k for k, v in extras.items() if v)
+        raise ValueError(f"{name} is an official-only sampler option; diffusers has no equivalent (compat='diffusers')")
+    retake_seeds = None
+    if retake_variance > 0:
+        if retake_seed is None:
+            raise ValueError("retake_seed is required when retake_variance > 0")
+        if isinstance(retake_seed, (list, tuple)):
+            retake_seeds = _per_item("retake_seed", list(retake_seed), batch,
+                                     lambda n, v: _number(n, v, lo=0, hi=2**63 - 1, integer=True))
+        else:
+            r = _number("retake_seed", retake_seed, lo=0, hi=2**63 - 1 - batch, integer=True)
+            retake_seeds = [r + i for i in range(batch)]
+    sampler = sampling.SamplerOptions(
+        method=infer_method, solver=sampler_mode, velocity_norm_threshold=velocity_norm_threshold,
+        velocity_ema=velocity_ema_factor, dcw=sampling.DCW() if dcw_enabled else None)
+
     return Request(
         batch_size=batch, prompts=prompts_, lyrics=lyrics_, languages=languages, task=task_type,
         instruction=instruction, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
@@ -387,5 +438,7 @@ def parse_request(
         seeds=seeds, latents=latents, output_type=output_type, return_dict=bool(return_dict), compat=compat,
         mask_condition_padding=bool(mask_condition_padding), chunk_mask_mode=chunk_mask_mode,
         sample_posterior=bool(sample_posterior), vae_generator=vae_generator, vae_chunk_size=vae_chunk_size,
-        callback_on_step_end=callback_on_step_end, progress=bool(progress),
+        callback_on_step_end=callback_on_step_end, progress=bool(progress), retake_seeds=retake_seeds,
+        retake_variance=retake_variance, cover_noise_strength=cover_noise_strength, sampler=sampler,
+        use_adg=bool(use_adg),
     )

@@ -53,6 +53,12 @@ def test_end_to_end_matches_official_turbo_text2music(turbo):
     torch.testing.assert_close(out2.latents, ref["target_latents"], atol=1e-4, rtol=0)
 
 
+def test_retake_through_the_pipeline(turbo):
+    ref = read_safetensors(SAMPLERS / "turbo_retake.safetensors")
+    out = turbo(**_request(seed=1234, retake_seed=777, retake_variance=0.3, output_type="latent"))
+    torch.testing.assert_close(out.latents, ref["target_latents"], atol=1e-4, rtol=0)
+
+
 def test_turbo_tables_equal_the_shift_formula():
     for shift, table in sampling.TURBO_TABLES.items():
         formula = [sampling.shift_time(1 - i / 8, shift) for i in range(8)]
@@ -160,6 +166,9 @@ def test_latent_length_follows_official_rounding(turbo):
     (dict(latents=torch.zeros(1, 10, 64)), "latents"),
     (dict(output_type="wav"), "output_type"),
     (dict(track_name="drums"), "track_name"),
+    (dict(retake_variance=0.5), "retake_seed"),
+    (dict(infer_method="sde", sampler_mode="heun"), "heun"),
+    (dict(dcw_enabled=True, compat="diffusers"), "dcw_enabled"),
 ])
 def test_bad_arguments_name_the_argument(turbo, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
