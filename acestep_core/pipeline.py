@@ -109,6 +109,11 @@ class AceStepPipeline:
             start = now
 
         b, dtype, device = req.batch_size, self.dtype, self.device
+        # Text first: a prompt or lyrics over the token limit fails before any model runs.
+        captions = [prompts.format_caption(c, req.instruction, bpm=req.bpm, timesignature=req.timesignature,
+                                           keyscale=req.keyscale, duration=req.metas_duration) for c in req.prompts]
+        lyric_texts = [prompts.format_lyrics(l, lang) for l, lang in zip(req.lyrics, req.languages)]
+        self._check_token_limits(captions, lyric_texts)
         src_latents = code_hints = None
         if req.codes is not None:
             code_hints = self.codes_to_latents(req.codes).to(dtype)  # [B, 5N, 64]
@@ -129,10 +134,6 @@ class AceStepPipeline:
         inputs = tasks.build_task_inputs(req.task, length, b, self.silence_latent, source=src_latents,
                                          code_hints=code_hints, window=window, chunk_mask_mode=req.chunk_mask_mode)
 
-        # Text: the caption prompt says the source's duration when there is one (official).
-        captions = [prompts.format_caption(c, req.instruction, bpm=req.bpm, timesignature=req.timesignature,
-                                           keyscale=req.keyscale, duration=req.metas_duration) for c in req.prompts]
-        lyric_texts = [prompts.format_lyrics(l, lang) for l, lang in zip(req.lyrics, req.languages)]
         text, text_mask, lyric, lyric_mask = self.encode_text(captions, lyric_texts, padding_side=req.padding_side)
         lap("text_encoder")
 
@@ -189,6 +190,18 @@ class AceStepPipeline:
         return result if req.return_dict else (out,)
 
     # --- pieces of __call__ ----------------------------------------------------------------------------------
+
+    def _check_token_limits(self, captions: list[str], lyric_texts: list[str]) -> None:
+        """The official handler silently truncates (a long caption loses its metas, long lyrics their end);
+        we refuse instead, naming the argument, so no request is quietly changed."""
+        tok = self.tokenizer
+        for name, texts, limit in (("prompt", captions, tok.caption_max_tokens),
+                                   ("lyrics", lyric_texts, tok.lyric_max_tokens)):
+            for i, text in enumerate(texts):
+                n = tok.count(text)
+                if n > limit:
+                    where = name if len(texts) == 1 else f"{name}[{i}]"
+                    raise ValueError(f"{where} is too long: {n} tokens once formatted, the model takes at most {limit}")
 
     def _reference_latents(self, req: Request, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> packed reference latents [N, 750, 64] and the batch index of each [N]."""

@@ -33,11 +33,13 @@ def _is_number(x) -> bool:
 def _number(name: str, value, *, lo=None, hi=None, allow_none=False, integer=False):
     if value is None and allow_none:
         return None
-    if not _is_number(value) or (integer and int(value) != value):
-        kind = "an integer" if integer else "a number"
+    kind = "an integer" if integer else "a number"
+    if not _is_number(value):
         raise TypeError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
     if not math.isfinite(float(value)):
         raise ValueError(f"{name} must be finite, got {value!r}")
+    if integer and int(value) != value:
+        raise TypeError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value!r}")
     return int(value) if integer else float(value)
@@ -279,7 +281,12 @@ def parse_request(
     codes = None
     if audio_codes is not None:
         texts = _per_item("audio_codes", audio_codes, batch, _text)
-        parsed = [parse_audio_codes(t, pipe.audio_tokenizer.codebook_size) for t in texts]
+        parsed = []
+        for i, t in enumerate(texts):
+            try:
+                parsed.append(parse_audio_codes(t, pipe.audio_tokenizer.codebook_size))
+            except ValueError as e:
+                raise ValueError(f"audio_codes{'' if batch == 1 else f'[{i}]'}: {e}") from None
         if len({len(p) for p in parsed}) != 1:
             raise ValueError("audio_codes: every item must hold the same number of codes "
                              f"(got {[len(p) for p in parsed]})")

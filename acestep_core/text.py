@@ -60,6 +60,10 @@ class TextTokenizer:
         self.caption_max_tokens = caption_max_tokens
         self.lyric_max_tokens = lyric_max_tokens
 
+    def count(self, text: str) -> int:
+        """Number of tokens `text` encodes to, special tokens included, before any truncation."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids) + self.num_special
+
     def encode(self, text: str, max_tokens: int) -> list[int]:
         """One text -> its ids, at most `max_tokens` of them (see the module docstring for truncation)."""
         if not isinstance(text, str):
