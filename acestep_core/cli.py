@@ -1,0 +1,325 @@
+"""`acestep generate` (also `python -m acestep_core generate`): a song from the command line.
+
+    acestep generate --prompt "lofi hip hop, mellow piano" --lyrics @lyrics.txt --duration 30 --seed 7
+    acestep generate --checkpoint ACE-Step/Ace-Step1.5 --task cover --src-audio in.wav --out cover.flac
+
+--checkpoint takes a folder in our layout, an official checkpoints/ folder (or a model folder inside it),
+a diffusers AceStepPipeline folder, or a Hugging Face Hub id ("owner/name[@revision]", see hub.py).
+Without it, a tiny RANDOM demo model is written to the acestep-core cache ($ACESTEP_CORE_CACHE, default
+~/.cache/acestep-core) and used, so the command runs anywhere in seconds; its output is noise.
+
+Every error prints one line `error: ...` and no traceback. Exit status: 0 done; 2 a bad argument or input
+file (nothing was generated); 1 anything else (a bad checkpoint, a failure while generating or writing);
+130 interrupted. Output files are written atomically (audio_io.write_audio): a failed or killed run never
+leaves a partial file under the output name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+
+READ_RATE = 48000  # ACE-Step 1.5's VAE rate; input audio is read and checked at it before the model loads
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DEFAULT_SECONDS = 10.0  # short enough for the CPU demo; the official minimum length is 5.12 s
+DEMO_NOTICE = "no checkpoint given: using a tiny RANDOM demo model; the output is noise"
+
+
+class CliError(Exception):
+    """A one-line error and the exit status that goes with it."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we keep to one line
+        raise CliError(f"{message} (see `{self.prog} --help`)", 2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .tasks import TASKS
+
+    parser = _Parser(prog="acestep", description="ACE-Step 1.5 text-to-music (acestep-core).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    g = commands.add_parser("generate", help="generate a song and write it as .wav or .flac",
+                            description="Generate a song (48 kHz stereo) and write it as .wav (32-bit float) "
+                                        "or .flac (24-bit).")
+    src = g.add_argument_group("model")
+    src.add_argument("--checkpoint", metavar="DIR_OR_HUB_ID",
+                     help="our layout, official checkpoints/ (or a model folder in it), a diffusers pipeline "
+                          "folder, or a Hub id owner/name[@revision]; default: a tiny random demo model")
+    src.add_argument("--variant",
+                     help="model in a folder or repository holding several: turbo, base, sft, xl-turbo, ...")
+    src.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default fp32)")
+    src.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
+
+    req = g.add_argument_group("song")
+    req.add_argument("--prompt", default="", help="caption: genre, mood, instruments, ...")
+    req.add_argument("--lyrics", default="", metavar="TEXT|@FILE", help="lyrics, or @path to a UTF-8 file")
+    req.add_argument("--language", default="en", help="vocal language code (en, zh, ja, ..., unknown)")
+    req.add_argument("--duration", type=float, metavar="SECONDS",
+                     help=f"length (default {DEFAULT_SECONDS:g}; with --src-audio or --audio-codes, theirs)")
+    req.add_argument("--bpm", type=int)
+    req.add_argument("--key", metavar="KEYSCALE", help='e.g. "C major", "F# minor"')
+    req.add_argument("--time-signature", metavar="BEATS", help="beats per bar: 2, 3, 4 or 6")
+    req.add_argument("--seed", type=int, help="random seed; item i of a batch uses seed + i (default: random, printed)")
+    req.add_argument("--steps", type=int, help="sampling steps (default: 8 turbo, 30 base/sft)")
+    req.add_argument("--shift", type=float, help="timestep shift (default 3)")
+    req.add_argument("--guidance", type=float, help="guidance scale for base/sft models (default 7; turbo ignores it)")
+
+    task = g.add_argument_group("task")
+    task.add_argument("--task", choices=TASKS, default="text2music")
+    task.add_argument("--src-audio", metavar="FILE",
+                      help="source audio (48 kHz) for repaint, cover, extract, lego, complete")
+    task.add_argument("--reference-audio", metavar="FILE", help="timbre reference audio (48 kHz)")
+    task.add_argument("--audio-codes", metavar="TEXT|@FILE",
+                      help="5 Hz audio codes (<|audio_code_N|>...), or @file; implies cover")
+    task.add_argument("--repaint", nargs=2, type=float, metavar=("START", "END"),
+                      help="repaint / lego window in seconds (END -1: to the end of the source)")
+    task.add_argument("--track-name", help="track for extract / lego, e.g. vocals, drums")
+    task.add_argument("--complete-tracks", metavar="A,B", help="tracks to add for complete, comma separated")
+
+    out = g.add_argument_group("output")
+    out.add_argument("--out", default="song.wav", metavar="FILE.wav|FILE.flac", help="output file (default song.wav)")
+    out.add_argument("--batch", type=int, default=1, metavar="N",
+                     help="songs to generate in one batch; writes FILE_0, FILE_1, ... (default 1)")
+    return parser
+
+
+# --- inputs ------------------------------------------------------------------------------------------------
+
+def _text_or_file(value: str | None, flag: str) -> str | None:
+    """TEXT, or the contents of FILE for "@FILE" (trailing whitespace and newlines removed)."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = value[1:]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip()
+    except FileNotFoundError:
+        raise CliError(f"{flag}: {path}: file not found", 2) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"{flag}: {path}: cannot read it as UTF-8 text ({e})", 2) from None
+
+
+def _output_paths(out: str, batch: int) -> list[str]:
+    from . import audio_io
+
+    try:
+        ext = audio_io.output_format(out)
+    except ValueError as e:
+        raise CliError(f"--out: {e}", 2) from None
+    out = os.path.abspath(out)
+    folder = os.path.dirname(out)
+    if not os.path.isdir(folder):
+        raise CliError(f"--out: folder {folder} does not exist", 2)
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"--out: folder {folder} is not writable", 2)
+    if batch == 1:
+        paths = [out]
+    else:
+        stem = out[: -len(ext)]
+        paths = [f"{stem}_{i}{ext}" for i in range(batch)]
+    for p in paths:
+        if os.path.isdir(p):
+            raise CliError(f"--out: {p} is a folder", 2)
+    return paths
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise CliError(f"--device: {e}", 2) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available here", 2)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CliError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)", 2)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device {name}: MPS is not available here", 2)
+    return device
+
+
+def _read_inputs(args) -> dict:
+    """Every user input checked and read before any model is loaded (errors: status 2)."""
+    from . import audio_io
+
+    if not 1 <= args.batch <= 64:
+        raise CliError(f"--batch must lie in [1, 64], got {args.batch}", 2)
+    if args.duration is not None and not 0 < args.duration <= 1200:
+        raise CliError(f"--duration must lie in (0, 1200] seconds, got {args.duration}", 2)
+    if args.variant is not None and args.checkpoint is None:
+        raise CliError("--variant needs --checkpoint (the demo model has no variants)", 2)
+    inputs = {"lyrics": _text_or_file(args.lyrics, "--lyrics"),
+              "audio_codes": _text_or_file(args.audio_codes, "--audio-codes")}
+    for flag, key in (("--src-audio", "src_audio"), ("--reference-audio", "reference_audio")):
+        path = getattr(args, key)
+        if path is None:
+            inputs[key] = None
+            continue
+        try:
+            inputs[key] = audio_io.read_audio(path, READ_RATE)
+        except ValueError as e:
+            raise CliError(f"{flag}: {e}", 2) from None
+    inputs["out"] = _output_paths(args.out, args.batch)
+    inputs["device"] = _device(args.device)
+    return inputs
+
+
+def _request(args, inputs: dict, seed: int) -> dict:
+    """The pipeline's keyword arguments (acestep_core.requests.parse_request)."""
+    duration = args.duration
+    if duration is None and inputs["src_audio"] is None and inputs["audio_codes"] is None:
+        duration = DEFAULT_SECONDS
+    src, ref = inputs["src_audio"], inputs["reference_audio"]
+    tracks = None
+    if args.complete_tracks is not None:
+        tracks = [t.strip() for t in args.complete_tracks.split(",") if t.strip()]
+    return dict(
+        prompt=[args.prompt] * args.batch, lyrics=inputs["lyrics"], vocal_language=args.language,
+        audio_duration=duration, num_inference_steps=args.steps, shift=args.shift, guidance_scale=args.guidance,
+        seed=seed, bpm=args.bpm, keyscale=args.key, timesignature=args.time_signature, task_type=args.task,
+        track_name=args.track_name, complete_track_classes=tracks,
+        src_audio=None if src is None else src[None],  # [2, S] -> [1, 2, S]
+        reference_audio=None if ref is None else ref[None],
+        audio_codes=inputs["audio_codes"],
+        repainting_start=None if args.repaint is None else args.repaint[0],
+        repainting_end=None if args.repaint is None else args.repaint[1],
+    )
+
+
+# --- the command -------------------------------------------------------------------------------------------
+
+def _checkpoint(args, stack: contextlib.ExitStack) -> str:
+    from . import hub
+
+    if args.checkpoint is not None:
+        return hub.resolve_checkpoint(args.checkpoint, args.variant)
+    from . import demo
+
+    print(DEMO_NOTICE, file=sys.stderr)
+    try:
+        return demo.demo_checkpoint()
+    except OSError as e:  # an unwritable cache: a demo for this run only
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="acestep-demo-"))
+        print(f"(cache {hub.cache_dir()} unusable: {e.strerror}; writing the demo to {folder})", file=sys.stderr)
+        return demo.write_demo_checkpoint(os.path.join(folder, "demo"))
+
+
+def generate(args) -> int:
+    import torch
+
+    from . import audio_io
+    from .pipeline import load_pipeline
+    from .requests import parse_request
+
+    start = time.perf_counter()
+    inputs = _read_inputs(args)
+    device, dtype = inputs["device"], getattr(torch, DTYPES[args.dtype])
+    if device.type == "cpu" and args.dtype == "fp16":
+        print("note: fp16 on the CPU is slow; fp32 or bf16 are faster there", file=sys.stderr)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+
+    with contextlib.ExitStack() as stack:
+        t0 = time.perf_counter()
+        path = _checkpoint(args, stack)  # a Hub download or the demo's first build happen here
+        pipe = load_pipeline(path, device, dtype, variant=args.variant)
+        load_seconds = time.perf_counter() - t0
+        if pipe.sample_rate != READ_RATE and (inputs["src_audio"] is not None or inputs["reference_audio"] is not None):
+            raise CliError(f"the checkpoint's VAE runs at {pipe.sample_rate} Hz; input audio is read at {READ_RATE} Hz")
+        print(f"model: {pipe.config.pipeline.model_version} from {path} on {device} ({args.dtype}); seed {seed}",
+              file=sys.stderr)
+
+        kwargs = _request(args, inputs, seed)
+        try:
+            parse_request(pipe, **kwargs)  # the arguments alone, before any compute: a rejection is status 2
+        except (ValueError, TypeError) as e:
+            raise CliError(str(e), 2) from None
+        result = pipe(**kwargs, progress=True)
+
+    t0 = time.perf_counter()
+    written = []
+    for path, audio in zip(inputs["out"], result.audios):
+        written.append(audio_io.write_audio(path, audio, result.sample_rate))
+    timings = {"load": load_seconds, **result.timings, "write": time.perf_counter() - t0}
+
+    seconds = result.audios.shape[-1] / result.sample_rate
+    kind = audio_io.FORMATS[audio_io.output_format(written[0])]
+    for p in written:
+        print(f"wrote {p} ({seconds:.2f} s, {result.sample_rate} Hz, {result.audios.shape[1]} ch, {kind})")
+    stages = ", ".join(f"{name} {sec:.2f}s" for name, sec in timings.items())
+    print(f"timings: {stages}; total {time.perf_counter() - start:.2f}s")
+    return 0
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `acestep` and `python -m acestep_core`; returns the exit status."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    loggers = [logging.getLogger(n) for n in ("acestep_core", "weights_convert")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    # SIGTERM (kill, a job scheduler) ends the run like Ctrl-C, so temporary files are removed on the way out.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    try:
+        args = build_parser().parse_args(argv)
+        return generate(args)
+    except CliError as e:
+        return _fail(str(e), e.status)
+    except KeyboardInterrupt:
+        return _fail("interrupted; no partial output was left", 130)
+    except (ValueError, TypeError) as e:
+        # CheckpointError / ConfigError (both ValueError) and errors raised while generating.
+        return _fail(str(e), 1)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}", 1)
+    except MemoryError:
+        return _fail("out of memory; try a shorter --duration, --batch 1 or --dtype bf16", 1)
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():  # torch.OutOfMemoryError and allocator messages
+            return _fail("out of memory; try a shorter --duration, --batch 1 or --dtype bf16", 1)
+        raise
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(message: str, status: int) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"error: {first}", file=sys.stderr)
+    return status
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
