@@ -20,11 +20,12 @@ __all__ = ["AceStepPipeline", "load_pipeline", "__version__"]
 
 
 def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *,
-                  variant: str | None = None) -> AceStepPipeline:
+                  variant: str | None = None, compute_dtype: torch.dtype | None = None) -> AceStepPipeline:
     """`pipeline.load_pipeline`, plus Hugging Face Hub repository ids ("owner/name" or "owner/name@revision").
 
     `path` is a folder in our layout, an official `checkpoints/` folder (or a model folder inside it), a
     diffusers AceStepPipeline folder, or a Hub id, which `hub.resolve_checkpoint` first downloads (only the
     files of the chosen variant) into the Hub cache. An existing local path is never sent to the Hub.
     """
-    return _load_local(hub.resolve_checkpoint(path, variant), device, dtype, variant=variant)
+    return _load_local(hub.resolve_checkpoint(path, variant), device, dtype, variant=variant,
+                       compute_dtype=compute_dtype)

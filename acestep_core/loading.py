@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import AceStepConfig, load_config
+from .precision import native_compute, store_low_compute_fp32
 from .safetensors_io import CheckpointError, read_safetensors
 
 log = logging.getLogger("acestep_core")
@@ -70,8 +71,13 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype = torch.float32,
-                    variant: str | None = None) -> LoadedCheckpoint:
-    """Load our layout, or convert an official / diffusers folder in memory and load that."""
+                    variant: str | None = None, compute_dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+    """Load our layout, or convert an official / diffusers folder in memory and load that.
+
+    dtype is the weights' dtype. compute_dtype=None computes in `dtype` where the device has hardware for
+    it, and otherwise keeps the weights in `dtype` but computes in fp32 (see precision.py); pass
+    torch.float32 to force that mode, or `dtype` to force native low-precision compute.
+    """
     from weights_convert.convert import convert_checkpoint, detect_layout
 
     path = os.fspath(path)
@@ -92,10 +98,20 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
         conv = convert_checkpoint(path, variant)
         config, tensors, silence_latent, tokenizer_json = (conv.config, conv.components, conv.silence_latent,
                                                            conv.tokenizer_json)
-    modules = {
-        c: load_module(c, config, tensors[c], device=device, dtype=dtype, where=os.path.join(root, c))
-        for c in COMPONENTS
-    }
-    # The silence latent feeds the DiT context and the timbre encoder: same dtype as the models.
-    silence_latent = silence_latent.to(device=device, dtype=dtype)
+    if compute_dtype is None:
+        compute_dtype = dtype if native_compute(dtype, device) else torch.float32
+    if compute_dtype not in (dtype, torch.float32):
+        raise ValueError(f"compute_dtype must be None, torch.float32 or the weight dtype {dtype}, got {compute_dtype}")
+    emulated = compute_dtype != dtype
+    if emulated:
+        log.warning("%s weights with float32 compute: %s has no %s arithmetic (half the weight memory, fp32 speed)",
+                    dtype, device, dtype)
+    modules = {}
+    for c in COMPONENTS:
+        # Emulated mode: the VAE (small, convolution-bound) simply runs in fp32.
+        weight_dtype = torch.float32 if (emulated and c == "vae") else dtype
+        module = load_module(c, config, tensors[c], device=device, dtype=weight_dtype, where=os.path.join(root, c))
+        modules[c] = store_low_compute_fp32(module, dtype) if (emulated and c != "vae") else module
+    # The silence latent feeds the DiT context and the timbre encoder: in the compute dtype.
+    silence_latent = silence_latent.to(device=device, dtype=compute_dtype)
     return LoadedCheckpoint(config, modules, silence_latent, tokenizer_json)

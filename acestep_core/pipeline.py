@@ -288,9 +288,13 @@ def _normalize(audio: torch.Tensor) -> torch.Tensor:
     return audio * gain
 
 
-def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *, variant: str | None = None) -> AceStepPipeline:
-    """Load a pipeline from our layout, an official `checkpoints/` folder or a diffusers AceStepPipeline folder."""
-    ckpt = load_checkpoint(path, device=device, dtype=dtype, variant=variant)
+def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *, variant: str | None = None,
+                  compute_dtype: torch.dtype | None = None) -> AceStepPipeline:
+    """Load a pipeline from our layout, an official `checkpoints/` folder or a diffusers AceStepPipeline folder.
+
+    bf16 / fp16 on a CPU without that arithmetic keeps the weights in that dtype but computes in fp32
+    (compute_dtype=None decides; see loading.load_checkpoint)."""
+    ckpt = load_checkpoint(path, device=device, dtype=dtype, variant=variant, compute_dtype=compute_dtype)
     pc = ckpt.config.pipeline
     tok = TextTokenizer(ckpt.tokenizer_json, pad_token_id=pc.pad_token_id, caption_max_tokens=pc.text_max_tokens,
                         lyric_max_tokens=pc.lyric_max_tokens)
