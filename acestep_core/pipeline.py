@@ -61,6 +61,15 @@ class AceStepPipeline:
     def dtype(self) -> torch.dtype:
         return self.silence_latent.dtype
 
+    def compile(self, **options) -> "AceStepPipeline":
+        """Opt-in `torch.compile` of the DiT forward, the sampler's hot loop (options go to torch.compile).
+
+        `pipe.dit` stays a plain module. The first generation after this pays the compile time (reported
+        separately by benchmarks/bench_dit.py); shapes that change (another duration) recompile.
+        """
+        self.dit.forward = torch.compile(self.dit.forward, **options)
+        return self
+
     # --- building blocks a researcher can call on their own -------------------------------------------------
 
     @torch.no_grad()
