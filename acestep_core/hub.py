@@ -31,11 +31,6 @@ from .safetensors_io import CheckpointError
 
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
 SHARED_FOLDERS = (("vae", "diffusion_pytorch_model"), ("Qwen3-Embedding-0.6B", "model"))
-# The files weights_convert reads from a diffusers pipeline folder: sub-folder -> weights file stem.
-DIFFUSERS_FOLDERS = (("transformer", "diffusion_pytorch_model"), ("condition_encoder", "diffusion_pytorch_model"),
-                     ("audio_tokenizer", "diffusion_pytorch_model"),
-                     ("audio_token_detokenizer", "diffusion_pytorch_model"),
-                     ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))
 _CONFIGS = ["config.json", "model_index.json", "*/config.json"]
 # owner/name with the Hub's characters, optionally @revision (a branch, tag or commit).
 _REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
@@ -127,8 +122,10 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, variant: str | None = None
                   + [c + ".safetensors" for c in COMPONENTS])
         return probe
     if layout == "diffusers":
+        from weights_convert.convert import DIFFUSERS_FOLDERS
+
         patterns = ["model_index.json", "tokenizer/tokenizer.json"]
-        for folder, stem in DIFFUSERS_FOLDERS:
+        for folder, stem in DIFFUSERS_FOLDERS.values():
             patterns += _weights(folder, stem)
         _download(repo, revision, patterns)
         return probe

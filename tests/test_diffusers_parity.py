@@ -6,63 +6,14 @@ The default (official) behaviour differs on purpose in several places (docs/pari
 differences are shown here too.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from _tiny_diffusers import build as _build  # noqa: E402
 from acestep_core.pipeline import load_pipeline  # noqa: E402
-
-FIX = Path(__file__).parent / "fixtures"
-TOKENIZER = FIX / "official_tiny_turbo" / "checkpoints" / "Qwen3-Embedding-0.6B"
-
-
-def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
-    for name, p in module.named_parameters():
-        noise = torch.randn(p.shape, generator=gen)
-        if p.dim() == 1 and "norm" in name:
-            p.data.copy_(1.0 + 0.1 * noise)  # norm weights around 1
-        else:
-            p.data.copy_(0.2 * noise)
-    for name, b in module.named_buffers():
-        if name.endswith("silence_latent"):
-            b.copy_(torch.randn(b.shape, generator=gen))
-
-
-def _build(tmp_path: Path, model_version: str) -> Path:
-    from diffusers import (AceStepPipeline, AceStepTransformer1DModel, AutoencoderOobleck,
-                           FlowMatchEulerDiscreteScheduler)
-    from diffusers.pipelines.ace_step import (AceStepAudioTokenDetokenizer, AceStepAudioTokenizer,
-                                              AceStepConditionEncoder)
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
-
-    gen = torch.Generator().manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    shared = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                  sliding_window=4)
-    text = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    transformer = AceStepTransformer1DModel(num_hidden_layers=4, model_version=model_version,
-                                            is_turbo=model_version == "turbo", **shared)
-    condition = AceStepConditionEncoder(text_hidden_dim=32, num_lyric_encoder_hidden_layers=2,
-                                        num_timbre_encoder_hidden_layers=2, **shared)
-    tok = AceStepAudioTokenizer(fsq_dim=32, **shared)
-    detok = AceStepAudioTokenDetokenizer(**shared)
-    vae = AutoencoderOobleck(encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 6, 10],
-                             channel_multiples=[1, 1, 1, 1, 1], decoder_channels=4, decoder_input_channels=64,
-                             audio_channels=2, sampling_rate=48000)
-    for m in (text, transformer, condition, tok, detok, vae):
-        _randomize(m, gen)
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
-    pipe = AceStepPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, transformer=transformer,
-                           condition_encoder=condition, scheduler=scheduler, audio_tokenizer=tok,
-                           audio_token_detokenizer=detok)
-    folder = tmp_path / f"diffusers-{model_version}"
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

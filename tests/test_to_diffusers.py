@@ -20,7 +20,7 @@ from acestep_core.text import TextTokenizer  # noqa: E402
 from weights_convert import configs, keymaps  # noqa: E402
 from weights_convert.__main__ import main  # noqa: E402
 from weights_convert.convert import (  # noqa: E402
-    _DIFFUSERS_FOLDERS,
+    DIFFUSERS_FOLDERS,
     COMPONENTS,
     Converted,
     convert_checkpoint,
@@ -89,7 +89,7 @@ def test_files_match_the_diffusers_classes(folders, pipe):
     """Key sets and shapes come from the diffusers / transformers modules themselves (this is where the
     VAE's weight-norm keys are checked: every conv, conv_t and the bias-free last decoder conv)."""
     for name in COMPONENTS:
-        folder, stem = _DIFFUSERS_FOLDERS[name]
+        folder, stem = DIFFUSERS_FOLDERS[name]
         written = read_safetensors(folders / "diff" / folder / f"{stem}.safetensors")
         module_sd = getattr(pipe, ATTR[name]).state_dict()
         shapes = {k: tuple(v.shape) for k, v in module_sd.items()}
@@ -230,7 +230,7 @@ def test_cli_from_our_layout_and_refuses_overwrite(folders, tmp_path):
     assert rc == 0, err
     assert "diffusers layout" in out
     for name in COMPONENTS:  # ours -> diffusers writes the same files as official -> diffusers
-        folder, stem = _DIFFUSERS_FOLDERS[name]
+        folder, stem = DIFFUSERS_FOLDERS[name]
         a = read_safetensors(dst / folder / f"{stem}.safetensors")
         b = read_safetensors(folders / "diff" / folder / f"{stem}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

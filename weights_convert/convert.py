@@ -57,7 +57,7 @@ def _compile(table):
     return rules
 
 
-def _rename(state_dict: dict, tables: dict[str, list], where: str) -> dict[str, dict[str, torch.Tensor]]:
+def rename_keys(state_dict: dict, tables: dict[str, list], where: str) -> dict[str, dict[str, torch.Tensor]]:
     """Route each key through the rules of `tables` (component -> rules); returns component -> renamed dict."""
     compiled = {name: _compile(t) for name, t in tables.items()}
     out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in tables}
@@ -103,7 +103,7 @@ def convert_component(state_dict: dict[str, torch.Tensor], source: str, componen
         tables = {name: keymaps.TABLES["official"][name] for name in _OFFICIAL_SHARED}
     else:
         tables = {component: keymaps.TABLES[source][component]}
-    return _rename(state_dict, tables, where)[component]
+    return rename_keys(state_dict, tables, where)[component]
 
 
 def check_against_config(tensors: dict[str, torch.Tensor], component: str, config: AceStepConfig, where: str) -> None:
@@ -233,7 +233,7 @@ def _load_silence_pt(path: str) -> torch.Tensor:
         raise CheckpointError(str(e)) from None
 
 
-_DIFFUSERS_FOLDERS = {
+DIFFUSERS_FOLDERS = {
     "dit": ("transformer", "diffusion_pytorch_model"),
     "condition": ("condition_encoder", "diffusion_pytorch_model"),
     "audio_tokenizer": ("audio_tokenizer", "diffusion_pytorch_model"),
@@ -254,7 +254,7 @@ def _convert_diffusers(root: str) -> Converted:
     tokenizer_json = os.path.join(root, "tokenizer", "tokenizer.json")
     config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json)))
     components, silence = {}, None
-    for name, (folder, stem) in _DIFFUSERS_FOLDERS.items():
+    for name, (folder, stem) in DIFFUSERS_FOLDERS.items():
         sd = read_state_dict(os.path.join(root, folder), stem)
         where = os.path.join(root, folder, stem + ".safetensors")
         if name == "condition":
@@ -279,7 +279,7 @@ def convert_checkpoint(path: str, variant: str | None = None) -> Converted:
     return conv
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, force: bool = False, progress=None) -> None:
@@ -287,7 +287,7 @@ def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, for
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and not force:
         raise CheckpointError(f"{dst}: already exists (use --force to replace it)")
-    target_dtype = _DTYPES[dtype] if dtype else None
+    target_dtype = DTYPES[dtype] if dtype else None
     parent = os.path.dirname(dst) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", dir=parent)

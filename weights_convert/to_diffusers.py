@@ -35,12 +35,12 @@ from acestep_core.safetensors_io import CheckpointError, read_safetensors, write
 from . import keymaps
 from .transforms import unfold_all_weight_norms
 from .convert import (
-    _DIFFUSERS_FOLDERS,
-    _DTYPES,
+    DIFFUSERS_FOLDERS,
+    DTYPES,
     COMPONENTS,
     ConversionError,
     Converted,
-    _rename,
+    rename_keys,
     check_against_config,
     convert_checkpoint,
     detect_layout,
@@ -128,7 +128,7 @@ def diffusers_state_dicts(conv: Converted) -> dict[str, dict[str, torch.Tensor]]
     out = {}
     for name in COMPONENTS:
         table = invert_table(keymaps.TABLES["diffusers"][name])
-        out[name] = _rename(conv.components[name], {name: table}, f"<{name} -> diffusers>")[name]
+        out[name] = rename_keys(conv.components[name], {name: table}, f"<{name} -> diffusers>")[name]
     out["vae"] = unfold_all_weight_norms(out["vae"])
     # diffusers keeps the silence latent ([1, T, 64], time-major like ours) as a condition-encoder buffer.
     out["condition"]["silence_latent"] = silence_for_diffusers(conv.silence_latent)
@@ -258,7 +258,7 @@ def scheduler_config() -> dict:
 
 
 def model_index() -> dict:
-    folders = {_DIFFUSERS_FOLDERS[name][0]: list(lib_cls) for name, lib_cls in _MODEL_INDEX.items()}
+    folders = {DIFFUSERS_FOLDERS[name][0]: list(lib_cls) for name, lib_cls in _MODEL_INDEX.items()}
     return {"_class_name": "AceStepPipeline", "_diffusers_version": DIFFUSERS_VERSION, **folders,
             "tokenizer": ["transformers", _TOKENIZER_CLASS],
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
@@ -336,8 +336,8 @@ def write_diffusers(src, dst: str | os.PathLike, *, force: bool = False, dtype: 
     Written atomically: a temporary folder beside dst, renamed at the very end; an existing dst is an
     error unless force.
     """
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
     dst = os.path.abspath(os.fspath(dst))
     if os.path.exists(dst) and not force:
         raise CheckpointError(f"{dst}: already exists (use --force to replace it)")
@@ -350,7 +350,7 @@ def write_diffusers(src, dst: str | os.PathLike, *, force: bool = False, dtype: 
     _warn_diffusers_differences(conv.config)
     if dtype is not None:
         # Cast before unfolding the VAE weight norms, so that weight_g is the norm of the stored weight_v.
-        target = _DTYPES[dtype]
+        target = DTYPES[dtype]
         conv = Converted(conv.config, {c: {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
                                        for c, sd in conv.components.items()},
                          conv.silence_latent, conv.tokenizer_json, conv.source)
@@ -365,7 +365,7 @@ def write_diffusers(src, dst: str | os.PathLike, *, force: bool = False, dtype: 
     try:
         _write_json(model_index(), os.path.join(tmp, "model_index.json"))
         for name in COMPONENTS:
-            folder, stem = _DIFFUSERS_FOLDERS[name]
+            folder, stem = DIFFUSERS_FOLDERS[name]
             os.makedirs(os.path.join(tmp, folder))
             _write_json(configs[name](conv.config), os.path.join(tmp, folder, "config.json"))
             # transformers and diffusers both tag their safetensors files with format=pt.
