@@ -173,3 +173,42 @@ def test_latent_length_follows_official_rounding(turbo):
 def test_bad_arguments_name_the_argument(turbo, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         turbo(**_request(seed=0, output_type="latent", **kwargs))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The tiny random demo model: its VAE encoder yields the 64 latent channels source tasks need."""
+    from acestep_core.demo import write_demo_checkpoint
+
+    return load_pipeline(write_demo_checkpoint(str(tmp_path_factory.mktemp("demo") / "ckpt")))
+
+
+@pytest.mark.parametrize("task,extra", [
+    ("repaint", dict(repainting_start=1.0, repainting_end=2.5)),
+    ("repaint", dict(repainting_start=-1.0, repainting_end=4.0)),  # outpainting on both sides
+    ("cover", dict(audio_cover_strength=0.5)),
+    ("cover-nofsq", {}),
+    ("extract", dict(track_name="vocals", with_reference=True)),  # timbre from reference audio
+    ("lego", dict(track_name="drums", repainting_start=0.5, repainting_end=2.0)),
+    ("complete", dict(complete_track_classes=["bass", "drums"])),
+])
+def test_every_source_task_runs(demo, task, extra):
+    src = 0.5 * torch.sin(torch.linspace(0, 900, 48000 * 3))[None].expand(2, -1)
+    if extra.pop("with_reference", False):
+        extra["reference_audio"] = 0.3 * torch.cos(torch.linspace(0, 700, 48000 * 2))[None].expand(2, -1)
+    out = demo(prompt="test", lyrics="[verse]\nla", task_type=task, src_audio=src, num_inference_steps=2, seed=1,
+               **extra)
+    assert out.audios.shape == (1, 2, 128 * 1920)  # 3 s of source is below the 128-frame minimum
+    assert bool(torch.isfinite(out.audios).all())
+
+
+def test_cover_from_codes_matches_cover_from_their_latents(demo):
+    """Codes -> detokenized hints are the cover context, exactly as for a source whose FSQ codes they are."""
+    src = 0.5 * torch.sin(torch.linspace(0, 900, 48000 * 6))[None].expand(2, -1)
+    latents = demo.encode_audio(src[None])
+    _, codes, _ = demo.audio_tokenizer.tokenize(latents, demo.silence_latent)
+    from acestep_core.fsq import format_audio_codes
+
+    text = format_audio_codes(codes[0])
+    out = demo(prompt="x", audio_codes=text, num_inference_steps=2, seed=4, output_type="latent")
+    assert out.latents.shape[1] == max(128, codes.shape[1] * 5)
