@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="acestep", description="ACE-Step 1.5 text-to-music (acestep-core).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # `parity` has its own parser (acestep_core/parity.py); it is listed here so --help shows it.
+    commands.add_parser("parity", add_help=False, help="compare our pipeline with diffusers stage by stage "
+                                                        "(acestep parity --help; docs/parity-report.md)")
     g = commands.add_parser("generate", help="generate a song and write it as .wav or .flac",
                             description="Generate a song (48 kHz stereo) and write it as .wav (32-bit float) "
                                         "or .flac (24-bit).")
@@ -279,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         lg.addHandler(handler)
     # SIGTERM (kill, a job scheduler) ends the run like Ctrl-C, so temporary files are removed on the way out.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "parity":
+        from . import parity
+
+        return parity.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return generate(args)
