@@ -22,6 +22,7 @@ from . import prompts, sampling, tasks
 from .config import AceStepConfig
 from .generate import Condition, Guidance, Repaint, generate_latents
 from .loading import load_checkpoint
+from .oobleck import ENCODE_CHUNK_SECONDS
 from .requests import Request, parse_request
 from .text import TextTokenizer
 
@@ -81,9 +82,12 @@ class AceStepPipeline:
         return self.text_encoder(ids), mask, self.text_encoder.embed(lids), lmask
 
     @torch.no_grad()
-    def encode_audio(self, wave: torch.Tensor, *, sample: bool = False, generator=None) -> torch.Tensor:
-        """Audio [B, 2, S] at the VAE rate -> latents [B, S // hop, 64] (posterior mean unless sample=True)."""
-        z = self.vae.encode(wave.to(self.device), sample=sample, generator=generator)
+    def encode_audio(self, wave: torch.Tensor, *, sample: bool = False, generator=None,
+                     chunk_seconds: float | None = ENCODE_CHUNK_SECONDS) -> torch.Tensor:
+        """Audio [B, 2, S] at the VAE rate -> latents [B, S // hop, 64] (posterior mean unless sample=True).
+
+        Audio longer than `chunk_seconds` is encoded in overlapping windows (official); None: one pass (diffusers)."""
+        z = self.vae.encode(wave.to(self.device), sample=sample, generator=generator, chunk_seconds=chunk_seconds)
         return z.transpose(1, 2).to(self.dtype)  # [B, 64, T] -> [B, T, 64]
 
     @torch.no_grad()
@@ -127,7 +131,8 @@ class AceStepPipeline:
         if req.codes is not None:
             code_hints = self.codes_to_latents(req.codes).to(dtype)  # [B, 5N, 64]
         elif req.src_audio is not None:
-            src_latents = self.encode_audio(req.src_audio, sample=req.sample_posterior, generator=req.vae_generator)
+            src_latents = self.encode_audio(req.src_audio, sample=req.sample_posterior, generator=req.vae_generator,
+                                            chunk_seconds=req.vae_encode_chunk_seconds)
         lap("encode_audio")
 
         # Latent length: the source or codes decide it when given, else the requested duration.
@@ -219,7 +224,8 @@ class AceStepPipeline:
             refs = self.silence_latent[:, :frames].expand(batch_size, -1, -1)
         else:
             wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
-            refs = self.encode_audio(wave, sample=req.sample_posterior, generator=req.vae_generator)[:, :frames]
+            refs = self.encode_audio(wave, sample=req.sample_posterior, generator=req.vae_generator,
+                                     chunk_seconds=req.vae_encode_chunk_seconds)[:, :frames]
             if refs.shape[0] == 1:
                 refs = refs.expand(batch_size, -1, -1)
         order = torch.arange(batch_size, device=self.device)

@@ -16,6 +16,7 @@ import torch
 
 from . import prompts, sampling, tasks
 from .fsq import parse_audio_codes
+from .oobleck import ENCODE_CHUNK_SECONDS
 
 log = logging.getLogger("acestep_core")
 
@@ -66,7 +67,7 @@ def _language(name: str, value) -> str:
     return value
 
 
-def _audio(name: str, value, channels: int, min_samples: int) -> torch.Tensor:
+def _audio(name: str, value, channels: int, min_samples: int, clamp: bool) -> torch.Tensor:
     """A waveform [C, S] or [B, C, S] at the model's sample rate -> float32 [B, C, S]."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [{channels}, samples] or [B, {channels}, samples], "
@@ -82,8 +83,10 @@ def _audio(name: str, value, channels: int, min_samples: int) -> torch.Tensor:
         raise ValueError(f"{name} is too short: {value.shape[-1]} samples, at least {min_samples} needed")
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or infinite samples")
-    # float32: the VAE input dtype is decided by the VAE itself; the clamp matches the official loader.
-    return value.float().clamp(-1.0, 1.0)
+    # float32: the VAE input dtype is decided by the VAE itself. The official loader clamps to [-1, 1];
+    # diffusers takes the tensor as given.
+    value = value.float()
+    return value.clamp(-1.0, 1.0) if clamp else value
 
 
 @dataclass
@@ -131,6 +134,11 @@ class Request:
     cover_noise_strength: float
     sampler: sampling.SamplerOptions
     use_adg: bool
+
+    @property
+    def vae_encode_chunk_seconds(self) -> float | None:
+        # The official handler tiles long sources; diffusers encodes them in one pass.
+        return None if self.compat == "diffusers" else ENCODE_CHUNK_SECONDS
 
     @property
     def padding_side(self) -> str:
@@ -269,12 +277,12 @@ def parse_request(
 
     channels, hop, rate = cfg.vae.audio_channels, cfg.vae.hop_length, cfg.vae.sampling_rate
     if src_audio is not None:
-        src_audio = _audio("src_audio", src_audio, channels, hop)
+        src_audio = _audio("src_audio", src_audio, channels, hop, clamp=compat == "official")
         if src_audio.shape[0] not in (1, batch):
             raise ValueError(f"src_audio has {src_audio.shape[0]} items but the batch has {batch}")
         src_audio = src_audio.expand(batch, -1, -1)
     if reference_audio is not None:
-        reference_audio = _audio("reference_audio", reference_audio, channels, hop)
+        reference_audio = _audio("reference_audio", reference_audio, channels, hop, clamp=compat == "official")
         if reference_audio.shape[0] not in (1, batch):
             raise ValueError(f"reference_audio has {reference_audio.shape[0]} items but the batch has {batch}")
 
