@@ -221,3 +221,24 @@ def test_shape_check_names_the_key():
     with pytest.raises(ConversionError, match="proj_out.bias"):
         check_against_config(bad, "dit", conv.config, "here")
     assert set(expected_shapes("dit", conv.config)) == set(conv.components["dit"])
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_interrupted_conversion_leaves_nothing(tmp_path, sig):
+    """Stop the converter while it writes: no DST and no temporary folder are left behind."""
+    import signal
+    import time
+
+    dst = tmp_path / "out"
+    slow = ("import time, sys, weights_convert.convert as c, weights_convert.__main__ as m\n"
+            "orig = c.write_safetensors\n"
+            "def slow(*a, **k):\n    orig(*a, **k); print('writing', flush=True); time.sleep(30)\n"
+            "c.write_safetensors = slow\n"
+            f"sys.exit(m.main([{str(OFFICIAL)!r}, {str(dst)!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "interrupted" in err
+    time.sleep(0.1)
+    assert not dst.exists() and list(tmp_path.iterdir()) == []

@@ -9,10 +9,15 @@ weights_convert/to_diffusers.py). Errors print one line and exit with status 1; 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
 from tqdm import tqdm
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -36,6 +41,8 @@ def main(argv=None) -> int:
     from .convert import COMPONENTS, convert_checkpoint, write_checkpoint
 
     start = time.perf_counter()
+    # SIGTERM ends the run like Ctrl-C, so the temporary folder is removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         import os
 
