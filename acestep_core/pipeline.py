@@ -91,10 +91,14 @@ class AceStepPipeline:
         return z.transpose(1, 2).to(self.dtype)  # [B, 64, T] -> [B, T, 64]
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, *, chunk_size: int | None = 256) -> torch.Tensor:
-        """Latents [B, T, 64] -> audio [B, 2, T * hop] float32. Official: items one by one, chunks of 256 frames on CPU."""
+    def decode_latents(self, latents: torch.Tensor, *, chunk_size: int | None = 512) -> torch.Tensor:
+        """Latents [B, T, 64] -> audio [B, 2, T * hop] float32, item by item in overlapping chunks of `chunk_size`
+        frames (official: 512 on large GPUs, 256 on CPU; the result is the same within 1e-6 of the peak, and 512
+        wastes less work on the 64-frame overlaps)."""
         z = latents.transpose(1, 2)  # [B, T, 64] -> [B, 64, T]
-        return torch.cat([self.vae.decode(z[i:i + 1], chunk_size=chunk_size).float() for i in range(z.shape[0])])
+        # float(): the VAE may run in bf16; the output audio is always float32.
+        items = [self.vae.decode(z[i:i + 1], chunk_size=chunk_size).float() for i in range(z.shape[0])]
+        return items[0] if len(items) == 1 else torch.cat(items)
 
     @torch.no_grad()
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
@@ -296,11 +300,12 @@ def _splice_repaint(audio: torch.Tensor, source: torch.Tensor, window: tuple[int
 
 def _normalize(audio: torch.Tensor) -> torch.Tensor:
     """Official output level: divide by the peak when it exceeds 1 (handler), then -1 dBFS peak (inference.py)."""
+    # In place: a 10-minute song is 230 MB of float32 per copy.
     peak = audio.abs().amax(dim=(1, 2), keepdim=True)  # [B, 1, 1]
-    audio = audio / peak.clamp(min=1.0)
+    audio.div_(peak.clamp(min=1.0))
     peak = audio.abs().amax(dim=(1, 2), keepdim=True)
     gain = torch.where(peak < 1e-6, torch.ones_like(peak), (10 ** (PEAK_DB / 20)) / peak.clamp(min=1e-6))
-    return audio * gain
+    return audio.mul_(gain)
 
 
 def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *, variant: str | None = None,

@@ -237,7 +237,7 @@ def parse_request(
     chunk_mask_mode="auto",
     repaint_strength=0.5,
     sample_posterior=False,
-    vae_chunk_size=256,
+    vae_chunk_size=512,
     progress=False,
     retake_seed=None,
     retake_variance=0.0,
