@@ -9,6 +9,8 @@ attention instead of NaNs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,6 +75,31 @@ def additive_mask(
     return mask.masked_fill_(~keep, torch.finfo(dtype).min)
 
 
+@dataclass(frozen=True)
+class BandedMask:
+    """A bidirectional sliding window |i - j| <= window, cut into query blocks so memory stays linear.
+
+    blocks: (q0, q1, k0, k1, additive mask [1, 1, q1 - q0, k1 - k0]) per query block; each block attends
+    only to the keys that can fall inside its window. Masked keys get exp(min - max) = 0 in both forms,
+    so this equals the dense [L, L] mask up to float summation order.
+    """
+
+    blocks: tuple[tuple[int, int, int, int, torch.Tensor], ...]
+
+
+def banded_mask(length: int, window: int, *, block: int, dtype: torch.dtype, device) -> BandedMask:
+    blocks = []
+    for q0 in range(0, length, block):
+        q1 = min(q0 + block, length)
+        k0, k1 = max(0, q0 - window), min(length, q1 + window)
+        i = torch.arange(q0, q1, device=device)[:, None]
+        j = torch.arange(k0, k1, device=device)[None, :]
+        keep = (i - j).abs() <= window  # [q1 - q0, k1 - k0]
+        mask = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep, torch.finfo(dtype).min)
+        blocks.append((q0, q1, k0, k1, mask[None, None]))
+    return BandedMask(tuple(blocks))
+
+
 def key_padding_mask(key_padding: torch.Tensor, query_length: int, dtype: torch.dtype) -> torch.Tensor:
     """Additive cross-attention mask [B, 1, Q, K] blocking padded keys (1 = real key)."""
     keep = key_padding.to(torch.bool)[:, None, None, :].expand(-1, 1, query_length, -1)
@@ -113,7 +140,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         *,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | BandedMask | None = None,
         is_causal: bool = False,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -125,9 +152,14 @@ class Attention(nn.Module):
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         else:
             k, v = kv
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.num_heads != self.num_kv_heads
-        )
+        gqa = self.num_heads != self.num_kv_heads
+        if isinstance(mask, BandedMask):
+            # One SDPA per query block against its window of keys: [B, H, q, D] pieces along the sequence.
+            out = torch.cat([F.scaled_dot_product_attention(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1],
+                                                            attn_mask=m, enable_gqa=gqa)
+                             for q0, q1, k0, k1, m in mask.blocks], dim=2)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
         # [B, H, T, D] -> [B, T, H*D]; reshape copies into a contiguous buffer for o_proj.
         out = out.transpose(1, 2).reshape(b, length, self.num_heads * self.head_dim)
         return self.o_proj(out)

@@ -50,7 +50,7 @@ print(json.dumps({"wall_s": wall, "stages_s": {k: round(v, 3) for k, v in out.ti
 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], CASES, CASES)
-    p.add_argument("--vae-chunk", type=int, default=256, help="VAE decode window in latent frames (0: one pass)")
+    p.add_argument("--vae-chunk", type=int, default=512, help="VAE decode window in latent frames (0: one pass)")
     args = p.parse_args()
     cases = common.setup(args, CASES)
     if args.dtype != "fp32":

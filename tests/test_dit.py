@@ -263,3 +263,19 @@ def test_bad_inputs_raise_value_errors(official_dit, ref):
         call(cross_kv=kv)  # both the raw condition and prepared K/V
     with pytest.raises(ValueError, match="layer_types"):
         DiT(dataclasses.replace(m.cfg, layer_types=("sliding", "global", "sliding", "full")))
+
+
+def test_banded_sliding_window_equals_dense(official_dit, monkeypatch):
+    """Long songs use block-banded attention on sliding layers; it must equal the dense mask."""
+    import acestep_core.dit as dit_module
+    from acestep_core.layers import BandedMask
+
+    gen = torch.Generator().manual_seed(3)
+    t = 181  # 91 patches, window 8: several blocks, ragged last block
+    args = (torch.randn(2, t, 64, generator=gen), torch.tensor([0.7, 0.3]), torch.tensor([0.7, 0.3]),
+            torch.randn(2, 13, 48, generator=gen), torch.randn(2, t, 128, generator=gen))
+    dense = official_dit(*args)
+    monkeypatch.setattr(dit_module, "BANDED_MIN_PATCHES", 16)
+    monkeypatch.setattr(dit_module, "BANDED_BLOCK", 20)
+    assert isinstance(official_dit.self_attention_masks(91, torch.float32, "cpu")["sliding"], BandedMask)
+    torch.testing.assert_close(official_dit(*args), dense, atol=1e-5, rtol=0)
