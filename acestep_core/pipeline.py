@@ -300,9 +300,10 @@ def _splice_repaint(audio: torch.Tensor, source: torch.Tensor, window: tuple[int
 
 def _normalize(audio: torch.Tensor) -> torch.Tensor:
     """Official output level: divide by the peak when it exceeds 1 (handler), then -1 dBFS peak (inference.py)."""
-    # In place: a 10-minute song is 230 MB of float32 per copy.
+    # One new tensor (the caller's decoded audio is left untouched), then in place: a 10-minute song is
+    # 230 MB of float32 per copy.
     peak = audio.abs().amax(dim=(1, 2), keepdim=True)  # [B, 1, 1]
-    audio.div_(peak.clamp(min=1.0))
+    audio = audio / peak.clamp(min=1.0)
     peak = audio.abs().amax(dim=(1, 2), keepdim=True)
     gain = torch.where(peak < 1e-6, torch.ones_like(peak), (10 ** (PEAK_DB / 20)) / peak.clamp(min=1e-6))
     return audio.mul_(gain)
