@@ -31,7 +31,7 @@ DEFAULT = ["dec10", "enc10"]
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], CASES, DEFAULT)
     p.add_argument("--no-isolate", action="store_true", help="run every case in this process")
-    p.add_argument("--chunk", type=int, default=256, help="decode window in latent frames for dec240_chunked")
+    p.add_argument("--chunk", type=int, default=512, help="decode window in latent frames for dec240_chunked")
     p.add_argument("--with-diffusers", action="store_true", help="dec240_chunked: also time diffusers (tiled)")
     p.add_argument("--profile", action="store_true",
                    help="profile one call of each implementation (top ops to stderr and a JSON line)")
@@ -100,8 +100,10 @@ def main() -> None:
                     common.emit({"bench": "vae_profile", "case": case, "variant": name, "dtype": args.dtype,
                                  "top_ops": rows})
         rec["ours_s"] = res["ours"]["median_s"]
+        rec["ours_s_per_audio_s"] = rec["ours_s"] / seconds
         if "diffusers" in res:
             rec["diffusers_s"] = res["diffusers"]["median_s"]
+            rec["diffusers_s_per_audio_s"] = rec["diffusers_s"] / seconds
             rec["ratio"] = rec["diffusers_s"] / rec["ours_s"]
             rec.update(common.extra_ratios(res["ours"], res["diffusers"]))
             outs = (res["ours"]["output"], res["diffusers"]["output"])
