@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DiTConfig
-from .layers import RMSNorm, Attention, SwiGLU, additive_mask, banded_mask, key_padding_mask, rope_tables
+from .layers import Linear, RMSNorm, Attention, SwiGLU, additive_mask, banded_mask, key_padding_mask, rope_tables
 
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep features
 TIMESTEP_SCALE = 1000.0  # t in [0, 1] is stretched to [0, 1000] before the sinusoid
@@ -76,9 +76,9 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        self.linear_1 = nn.Linear(TIMESTEP_CHANNELS, hidden_size)
-        self.linear_2 = nn.Linear(hidden_size, hidden_size)
-        self.time_proj = nn.Linear(hidden_size, 6 * hidden_size)
+        self.linear_1 = Linear(TIMESTEP_CHANNELS, hidden_size)
+        self.linear_2 = Linear(hidden_size, hidden_size)
+        self.time_proj = Linear(hidden_size, 6 * hidden_size)
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The float32 features are cast to the weights' dtype (the official casts to t's dtype,
@@ -155,7 +155,7 @@ class DiT(nn.Module):
         self.proj_in = nn.Conv1d(cfg.in_channels, d, kernel_size=p, stride=p)
         self.time_embed = TimestepEmbedding(d)
         self.time_embed_r = TimestepEmbedding(d)
-        self.condition_embedder = nn.Linear(cfg.condition_dim, d)
+        self.condition_embedder = Linear(cfg.condition_dim, d)
         self.layers = nn.ModuleList(DiTLayer(cfg) for _ in range(cfg.num_layers))
         self.norm_out = RMSNorm(d, cfg.rms_norm_eps)
         self.proj_out = nn.ConvTranspose1d(d, cfg.latent_dim, kernel_size=p, stride=p)
