@@ -2,7 +2,6 @@
 one a ValueError/TypeError naming the argument (never an error from deep inside torch), plus corrupted
 files and batch-position determinism."""
 
-import math
 import os
 import re
 from pathlib import Path

@@ -1,7 +1,6 @@
 """End-to-end pipeline: frozen parity with the official sampler fixtures, tasks, batches, determinism."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,6 @@ FIX = Path(__file__).parent / "fixtures"
 TURBO = FIX / "official_tiny_turbo"
 SAMPLERS = FIX / "official_tiny_samplers" / "reference"
 STRINGS = json.loads((TURBO / "reference" / "strings.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """The official checkpoints/ folder with both the turbo and the base model."""
-    root = tmp_path_factory.mktemp("ckpt") / "checkpoints"
-    shutil.copytree(TURBO / "checkpoints", root)
-    shutil.copytree(FIX / "official_tiny_samplers" / "checkpoints" / "acestep-v15-base", root / "acestep-v15-base")
-    return root
-
-
-@pytest.fixture(scope="module")
-def turbo(checkpoints):
-    return load_pipeline(checkpoints, variant="turbo")
-
-
-@pytest.fixture(scope="module")
-def base(checkpoints):
-    return load_pipeline(checkpoints, variant="base")
 
 
 def _request(**kw):

@@ -1,7 +1,6 @@
 """Sampler options (retake, cover noise, SDE, Heun, velocity clamp/EMA, ADG, DCW): official fixtures and loop rules."""
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -9,32 +8,12 @@ import torch
 
 from acestep_core import dcw, guidance, sampling
 from acestep_core.generate import Condition, Guidance, Repaint, generate_latents
-from acestep_core.pipeline import load_pipeline
 from acestep_core.safetensors_io import read_safetensors
 from acestep_core.sampling import DCW, SamplerOptions
 
 FIX = Path(__file__).parent / "fixtures"
 SAMPLERS = FIX / "official_tiny_samplers" / "reference"
 ATOL = 1e-4  # fp32, eight steps through a random tiny model
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """The official checkpoints/ folder with both the turbo and the base model."""
-    root = tmp_path_factory.mktemp("ckpt") / "checkpoints"
-    shutil.copytree(FIX / "official_tiny_turbo" / "checkpoints", root)
-    shutil.copytree(FIX / "official_tiny_samplers" / "checkpoints" / "acestep-v15-base", root / "acestep-v15-base")
-    return root
-
-
-@pytest.fixture(scope="module")
-def turbo(checkpoints):
-    return load_pipeline(checkpoints, variant="turbo")
-
-
-@pytest.fixture(scope="module")
-def base(checkpoints):
-    return load_pipeline(checkpoints, variant="base")
 
 
 @pytest.fixture(scope="module")

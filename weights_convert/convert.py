@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from acestep_core.config import AceStepConfig, save_config
-from acestep_core.safetensors_io import CheckpointError, read_safetensors, read_state_dict, write_safetensors
+from acestep_core.safetensors_io import CheckpointError, read_state_dict, write_safetensors
 
 from . import configs, keymaps, transforms
 
