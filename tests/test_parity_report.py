@@ -16,7 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from _tiny_diffusers import build  # noqa: E402
-from acestep_core import parity  # noqa: E402
+from acestep_core import parity, parity_report  # noqa: E402
 
 CODES = "".join(f"<|audio_code_{c}|>" for c in (5, 63999, 12000, 777))
 SOURCE = parity.stand_in_source(0.4, 48000, 1920)  # 10 latent frames: the VAE encoder is the slow part here
@@ -235,12 +235,12 @@ def test_bad_arguments_exit_2(folder, capsys, argv, message):
 
 def test_audio_metrics():
     x = torch.randn(1, 2, 4096, generator=torch.Generator().manual_seed(0))
-    assert parity.snr_db(x, x) == parity.MAX_SNR_DB and parity.stft_distance(x, x) == 0.0
+    assert parity_report.snr_db(x, x) == parity_report.MAX_SNR_DB and parity_report.stft_distance(x, x) == 0.0
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     noisy = x + noise * (x.norm() / noise.norm()) * 10 ** (-30 / 20)  # error energy 30 dB below the signal
-    assert parity.snr_db(noisy, x) == pytest.approx(30.0, abs=1e-6)
-    assert 0 < parity.stft_distance(noisy, x) < parity.stft_distance(noise, x)
-    assert parity.stft_distance(x[..., :256], x[..., :256]) is None  # shorter than every FFT size
-    m = parity.tensor_metrics(2 * x, x)
+    assert parity_report.snr_db(noisy, x) == pytest.approx(30.0, abs=1e-6)
+    assert 0 < parity_report.stft_distance(noisy, x) < parity_report.stft_distance(noise, x)
+    assert parity_report.stft_distance(x[..., :256], x[..., :256]) is None  # shorter than every FFT size
+    m = parity_report.tensor_metrics(2 * x, x)
     assert m["cosine"] == pytest.approx(1.0)
     assert m["max_rel"] == pytest.approx((x.abs().max() / x.std()).item(), rel=1e-5)
