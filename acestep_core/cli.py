@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="acestep", description="ACE-Step 1.5 text-to-music (acestep-core).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # `parity` has its own parser (acestep_core/parity.py); it is listed here so --help shows it.
+    # `parity` has its own parser (acestep_parity/engine.py); it is listed here so --help shows it.
     commands.add_parser("parity", add_help=False, help="compare our pipeline with diffusers stage by stage "
                                                         "(acestep parity --help; docs/parity-report.md)")
     g = commands.add_parser("generate", help="generate a song and write it as .wav or .flac",
@@ -284,9 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "parity":
-        from . import parity
-
-        return parity.main(argv[1:])
+        # A separate package: it imports the reference implementation, which acestep_core never does.
+        try:
+            from acestep_parity import main as parity_main
+        except ImportError as e:
+            return _fail(f"acestep parity needs the reference implementation ({e}); "
+                         'install it with: pip install "acestep-core[parity]"', 2)
+        return parity_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return generate(args)

@@ -1,4 +1,4 @@
-"""`acestep parity` (acestep_core/parity.py) against a tiny random diffusers AceStepPipeline.
+"""`acestep parity` (acestep_parity/) against a tiny random diffusers AceStepPipeline.
 
 1. Every stage is within threshold for text2music, repaint, cover (source audio and codes) and a guided base model.
 2. A perturbed weight in OUR pipeline makes exactly the later stages fail: in both views after a DiT weight,
@@ -16,7 +16,8 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from _tiny_diffusers import build  # noqa: E402
-from acestep_core import parity, parity_report  # noqa: E402
+import acestep_parity.engine as parity  # noqa: E402
+import acestep_parity.report as parity_report  # noqa: E402
 
 CODES = "".join(f"<|audio_code_{c}|>" for c in (5, 63999, 12000, 777))
 SOURCE = parity.stand_in_source(0.4, 48000, 1920)  # 10 latent frames: the VAE encoder is the slow part here

@@ -28,8 +28,8 @@ mean (our default) while a comparison runs.
 Metrics: max |error|, that max over the reference's std, cosine; for audio also SNR (dB) and a
 multi-resolution STFT distance. Pass: fp32 err/std <= 1e-4, bf16 cosine >= 0.999, audio SNR >= 35 dB,
 token ids and masks identical. Exit status: 0 all pass, 1 a comparison fails, 2 a bad argument or a missing
-reference package, 3 any other error. diffusers / transformers are imported only inside this module's
-functions, when a comparison runs: `import acestep_core` never needs them.
+reference package, 3 any other error. This package imports diffusers / transformers (the optional
+`parity` extra); `acestep_core` itself never does.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .parity_report import Report, StageResult, Thresholds, _Judge
+from .report import Report, StageResult, Thresholds, _Judge
 
 OK, FAILED, USAGE, ERROR = 0, 1, 2, 3  # exit statuses of `acestep parity`
 
@@ -394,7 +394,7 @@ def compare(ours_pipe, ref_pipe, case: ParityCase, *, thresholds: Thresholds | N
             rows = _compare_reference(ref_pipe, request, noise, ours, judge)
     import diffusers
 
-    from . import __version__
+    from acestep_core import __version__
 
     meta = dict(against="diffusers", reference_version=diffusers.__version__, ours_version=__version__,
                 compat="diffusers", task=request["task_type"],
@@ -481,7 +481,7 @@ def _text_or_file(value: str | None, flag: str) -> str | None:
 
 
 def _case(args, rate: int, hop: int) -> ParityCase:
-    from . import audio_io
+    from acestep_core import audio_io
 
     src = None
     if args.src_audio is not None:
@@ -508,7 +508,7 @@ def _diffusers_folder(checkpoint: str, variant: str | None, tmp: str) -> tuple[s
     from weights_convert.convert import detect_layout
     from weights_convert.to_diffusers import read_source, write_diffusers
 
-    from .hub import resolve_checkpoint
+    from acestep_core.hub import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint, variant)
     layout, root = detect_layout(path, variant)
@@ -521,7 +521,7 @@ def _diffusers_folder(checkpoint: str, variant: str | None, tmp: str) -> tuple[s
 
 
 def _load_ours(folder: str, device, dtype):
-    from .pipeline import load_pipeline
+    from acestep_core.pipeline import load_pipeline
 
     # Native arithmetic in `dtype` even on a CPU without bf16 units (where load_pipeline would compute in
     # fp32): the comparison is between two pipelines computing in the same precision.

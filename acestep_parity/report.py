@@ -1,6 +1,6 @@
 """The parity report's numbers: per-stage metrics, pass/fail thresholds, the table and the JSON.
 
-Used by `acestep_core.parity` (which runs the two implementations); kept apart so the metrics can be read
+Used by `acestep_parity.engine` (which runs the two implementations); kept apart so the metrics can be read
 and reused on their own.
 """
 
