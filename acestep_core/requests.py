@@ -54,6 +54,21 @@ def _per_item(name: str, value, batch: int, check: Callable[[str, Any], Any]) ->
     return [check(name, value)] * batch
 
 
+def _seed_list(name: str, value, batch: int) -> list[int]:
+    """A per-item seed list, or one seed: then item i gets seed + i (the official handler seeds only item 0
+    and draws the others at random; this keeps batches reproducible)."""
+    if isinstance(value, (list, tuple)):
+        return _per_item(name, list(value), batch, lambda n, v: _number(n, v, lo=0, hi=2**63 - 1, integer=True))
+    first = _number(name, value, lo=0, hi=2**63 - 1 - batch, integer=True)
+    return [first + i for i in range(batch)]
+
+
+def _seeded_noise(seeds: list[int], length: int, channels: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Official noise: one generator per item, on the model device, drawing [1, T, C] in the model dtype."""
+    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    return torch.cat([torch.randn(1, length, channels, generator=g, device=device, dtype=dtype) for g in gens])
+
+
 def _text(name: str, value) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
@@ -170,8 +185,8 @@ class Request:
             return self.latents.to(device=device, dtype=dtype)
         gens = self.generator
         if gens is None:
-            # Official: one generator per item, on the model device, drawing in the model dtype.
-            gens = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+            return _seeded_noise(self.seeds, length, channels, dtype, device)
+        # diffusers' convention: a list draws per item, one generator draws the whole batch (on its own device).
         if isinstance(gens, list):
             return torch.cat([torch.randn(1, length, channels, generator=g, device=g.device, dtype=dtype).to(device)
                               for g in gens])
@@ -179,8 +194,7 @@ class Request:
 
     def retake_noise(self, length: int, channels: int, dtype: torch.dtype, device) -> torch.Tensor:
         """The second noise of a retake, drawn like the main noise from per-item retake seeds."""
-        gens = [torch.Generator(device=device).manual_seed(s) for s in self.retake_seeds]
-        return torch.cat([torch.randn(1, length, channels, generator=g, device=device, dtype=dtype) for g in gens])
+        return _seeded_noise(self.retake_seeds, length, channels, dtype, device)
 
     def step_callback(self, pipe, timesteps: list[float]):
         if self.callback_on_step_end is None:
@@ -394,12 +408,8 @@ def parse_request(
         if seed is None:
             seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) for _ in range(batch)]
             log.info("random seeds: %s", seeds)
-        elif isinstance(seed, (list, tuple)):
-            seeds = _per_item("seed", list(seed), batch, lambda n, v: _number(n, v, lo=0, hi=2**63 - 1, integer=True))
         else:
-            # Unlike the official handler (which seeds only item 0), item i gets seed + i: reproducible batches.
-            s = _number("seed", seed, lo=0, hi=2**63 - 1 - batch, integer=True)
-            seeds = [s + i for i in range(batch)]
+            seeds = _seed_list("seed", seed, batch)
 
     vae_generator = None
     if sample_posterior:
@@ -431,12 +441,7 @@ def parse_request(
     if retake_variance > 0:
         if retake_seed is None:
             raise ValueError("retake_seed is required when retake_variance > 0")
-        if isinstance(retake_seed, (list, tuple)):
-            retake_seeds = _per_item("retake_seed", list(retake_seed), batch,
-                                     lambda n, v: _number(n, v, lo=0, hi=2**63 - 1, integer=True))
-        else:
-            r = _number("retake_seed", retake_seed, lo=0, hi=2**63 - 1 - batch, integer=True)
-            retake_seeds = [r + i for i in range(batch)]
+        retake_seeds = _seed_list("retake_seed", retake_seed, batch)
     sampler = sampling.SamplerOptions(
         method=infer_method, solver=sampler_mode, velocity_norm_threshold=velocity_norm_threshold,
         velocity_ema=velocity_ema_factor, dcw=sampling.DCW() if dcw_enabled else None)
