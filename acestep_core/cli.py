@@ -147,6 +147,8 @@ def _device(name: str | None):
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:
         raise CliError(f"--device: {e}", 2) from None
+    if device.type == "meta":
+        raise CliError(f"--device {name}: the meta device holds no data; use cpu or cuda", 2)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {name}: CUDA is not available here", 2)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

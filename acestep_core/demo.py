@@ -23,6 +23,8 @@ import tempfile
 import torch
 
 from .config import (
+    LYRIC_MAX_TOKENS,
+    TEXT_MAX_TOKENS,
     AceStepConfig,
     AudioTokenizerConfig,
     ConditionConfig,
@@ -53,8 +55,8 @@ def demo_config(model_version: str = "turbo", vocab_size: int = 259) -> AceStepC
                                   timbre_fix_frame=750),
         audio_tokenizer=AudioTokenizerConfig(encoder=stack, latent_dim=64, pool_window_size=5,
                                              fsq_levels=(8, 8, 8, 5, 5, 5), num_pooler_layers=2),
-        pipeline=PipelineConfig(model_version=model_version, text_max_tokens=256, lyric_max_tokens=2048,
-                                pad_token_id=256),
+        pipeline=PipelineConfig(model_version=model_version, text_max_tokens=TEXT_MAX_TOKENS, lyric_max_tokens=LYRIC_MAX_TOKENS,
+                                pad_token_id=256, padding_side="left"),
     )
 
 

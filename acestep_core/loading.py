@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import AceStepConfig, load_config
+from .config import AceStepConfig, check_consistency, load_config
 from .precision import native_compute, store_low_compute_fp32
 from .safetensors_io import CheckpointError, read_safetensors
 
@@ -48,6 +48,7 @@ def expected_shapes(component: str, config: AceStepConfig) -> dict[str, tuple[in
 
 def load_module(component: str, config: AceStepConfig, tensors: dict[str, torch.Tensor], *,
                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None, where: str = "") -> nn.Module:
+    check_finite_sample(tensors, where or component)
     module = build_module(component, config, "meta")
     try:
         module.load_state_dict(tensors, strict=True, assign=True)
@@ -60,6 +61,32 @@ def load_module(component: str, config: AceStepConfig, tensors: dict[str, torch.
             raise CheckpointError(f"{where or component}: buffer {name!r} was not initialised")
     module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
     return module.eval().requires_grad_(False)
+
+
+SAMPLE_ELEMENTS = 4096  # per tensor, for the cheap non-finite check at load
+
+
+def check_finite_sample(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """A cheap load-time guard against NaN / inf weights: small tensors are checked whole, large ones at
+    about SAMPLE_ELEMENTS evenly strided elements (a memory-mapped file then reads only those pages).
+    weights_convert checks every element once, at conversion."""
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            continue
+        flat = t.reshape(-1)
+        step = max(1, flat.numel() // SAMPLE_ELEMENTS)
+        if not bool(torch.isfinite(flat[::step]).all()):
+            raise CheckpointError(f"{where}: tensor {key!r} holds non-finite values (NaN or inf)")
+
+
+def check_silence_latent(silence: torch.Tensor, config: AceStepConfig, where: str) -> None:
+    """[1, T, latent_dim] with at least the timbre reference's frames, all finite."""
+    frames, dim = config.condition.timbre_fix_frame, config.dit.latent_dim
+    if silence.dim() != 3 or silence.shape[0] != 1 or silence.shape[2] != dim or silence.shape[1] < frames:
+        raise CheckpointError(f"{where}: the silence latent has shape {list(silence.shape)}, expected "
+                              f"[1, T, {dim}] with T >= {frames}")
+    if not bool(torch.isfinite(silence).all()):
+        raise CheckpointError(f"{where}: the silence latent holds non-finite values (NaN or inf)")
 
 
 @dataclass
@@ -81,6 +108,11 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
     from weights_convert.convert import convert_checkpoint, detect_layout
 
     path = os.fspath(path)
+    try:
+        if torch.device(device).type == "meta":
+            raise ValueError("device 'meta' holds no data, so no song can be made on it; use cpu or cuda")
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: {e}") from None
     layout, root = detect_layout(path, variant)
     if layout == "ours":
         config = load_config(root)
@@ -98,6 +130,8 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
         conv = convert_checkpoint(path, variant)
         config, tensors, silence_latent, tokenizer_json = (conv.config, conv.components, conv.silence_latent,
                                                            conv.tokenizer_json)
+    check_consistency(config, root)
+    check_silence_latent(silence_latent, config, os.path.join(root, "silence_latent"))
     if compute_dtype is None:
         compute_dtype = dtype if native_compute(dtype, device) else torch.float32
     if compute_dtype not in (dtype, torch.float32):

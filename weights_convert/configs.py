@@ -10,6 +10,8 @@ activation, attention bias, RoPE scaling, several quantizers) are checked and re
 from __future__ import annotations
 
 from acestep_core.config import (
+    LYRIC_MAX_TOKENS,
+    TEXT_MAX_TOKENS,
     AceStepConfig,
     AudioTokenizerConfig,
     ConditionConfig,
@@ -268,10 +270,9 @@ def acestep_from_diffusers(transformer: dict, condition: dict, tokenizer: dict, 
     return dit, cond, tok, model_version
 
 
-def pipeline_config(model_version: str, pad_token_id: int) -> PipelineConfig:
-    # 256 caption / 2048 lyric tokens: the official handler's truncation lengths.
-    return PipelineConfig(model_version=model_version, text_max_tokens=256, lyric_max_tokens=2048,
-                          pad_token_id=pad_token_id)
+def pipeline_config(model_version: str, pad_token_id: int, padding_side: str = "right") -> PipelineConfig:
+    return PipelineConfig(model_version=model_version, text_max_tokens=TEXT_MAX_TOKENS, lyric_max_tokens=LYRIC_MAX_TOKENS,
+                          pad_token_id=pad_token_id, padding_side=padding_side)
 
 
 def assemble(text: Qwen3Config, vae: OobleckConfig, dit: DiTConfig, cond: ConditionConfig,

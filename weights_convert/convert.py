@@ -74,6 +74,10 @@ def rename_keys(state_dict: dict, tables: dict[str, list], where: str) -> dict[s
         if dst is None:
             continue  # dropped on purpose (see the rule's comment in keymaps.py)
         new_key = rx.sub(dst, key)
+        # Every element once, at conversion: NaN / inf weights would only show up as all-NaN audio.
+        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+            raise ConversionError(f"{where}: source key {key!r} (ours {new_key!r}) holds non-finite values "
+                                  "(NaN or inf)")
         if new_key in out[name]:
             raise ConversionError(f"{where}: two source keys map to {new_key!r}")
         out[name][new_key] = tensor
@@ -177,6 +181,17 @@ def detect_layout(path: str, variant: str | None = None) -> tuple[str, str]:
     raise CheckpointError(f"{path}: not an ACE-Step checkpoint (no config.json, model_index.json or acestep-v15-* folder)")
 
 
+def _padding_side(tokenizer_json: str) -> str:
+    """The padding side of tokenizer_config.json beside tokenizer.json (transformers' default: right)."""
+    path = os.path.join(os.path.dirname(tokenizer_json), "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return "right"
+    side = _read_json(path).get("padding_side", "right")
+    if side not in ("left", "right"):
+        raise CheckpointError(f"{path}: padding_side must be 'left' or 'right', got {side!r}")
+    return side
+
+
 def _pad_id(tokenizer_json: str) -> int:
     from tokenizers import Tokenizer
 
@@ -203,7 +218,7 @@ def _convert_official(model_dir: str) -> Converted:
     vae_c = configs.oobleck_from_diffusers(_read_json(os.path.join(vae_dir, "config.json")),
                                            os.path.join(vae_dir, "config.json"))
     tokenizer_json = os.path.join(text_dir, "tokenizer.json")
-    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json)))
+    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json), _padding_side(tokenizer_json)))
 
     model_sd = read_state_dict(model_dir, "model")
     where = os.path.join(model_dir, "model.safetensors")
@@ -252,7 +267,7 @@ def _convert_diffusers(root: str) -> Converted:
     text_c = configs.qwen3_from_transformers(cfg("text_encoder"), os.path.join(root, "text_encoder", "config.json"))
     vae_c = configs.oobleck_from_diffusers(cfg("vae"), os.path.join(root, "vae", "config.json"))
     tokenizer_json = os.path.join(root, "tokenizer", "tokenizer.json")
-    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json)))
+    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json), _padding_side(tokenizer_json)))
     components, silence = {}, None
     for name, (folder, stem) in DIFFUSERS_FOLDERS.items():
         sd = read_state_dict(os.path.join(root, folder), stem)
