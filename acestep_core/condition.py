@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checks import check_tensor, check_values
 from .config import ConditionConfig
 from .layers import EncoderStack
 
@@ -153,31 +154,15 @@ class ConditionEncoder(nn.Module):
 
 
 def _check_sequence(name: str, x: torch.Tensor, mask_name: str, mask: torch.Tensor, dim: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != dim or not x.is_floating_point():
-        got = _shape_of(x)
-        raise ValueError(f"{name}: expected a float tensor [B, L, {dim}], got {got}")
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(x.shape[:2]):
-        got = _shape_of(mask)
-        raise ValueError(f"{mask_name}: expected shape {tuple(x.shape[:2])} (1 = real token), got {got}")
+    check_tensor(name, x, (None, range(0, 2**31), dim), f"[B, L, {dim}]")
+    check_tensor(mask_name, mask, tuple(x.shape[:2]), f"{list(x.shape[:2])} (1 = real token)", kind="any")
 
 
 def _check_references(latents: torch.Tensor, order: torch.Tensor, batch_size: int, dim: int) -> None:
-    if not isinstance(latents, torch.Tensor) or latents.ndim != 3 or latents.shape[-1] != dim \
-            or latents.shape[0] == 0 or latents.shape[1] == 0 or not latents.is_floating_point():
-        got = _shape_of(latents)
-        raise ValueError(f"refer_latents_packed: expected a float tensor [N, Tr, {dim}] with N, Tr >= 1, got {got}")
+    check_tensor("refer_latents_packed", latents, (None, None, dim), f"[N, Tr, {dim}] with N, Tr >= 1")
     n = latents.shape[0]
-    if not isinstance(order, torch.Tensor) or tuple(order.shape) != (n,) \
-            or order.is_floating_point() or order.dtype == torch.bool:
-        got = f"{tuple(order.shape)} {order.dtype}" if isinstance(order, torch.Tensor) else type(order).__name__
-        raise ValueError(f"refer_order: expected an integer tensor [{n}] (one batch index per reference), got {got}")
-    if bool((order < 0).any()) or bool((order >= batch_size).any()):
-        raise ValueError(f"refer_order: values must lie in 0..{batch_size - 1}, got {order.tolist()}")
+    check_tensor("refer_order", order, (n,), f"[{n}] (one batch index per reference)", kind="int")
+    check_values("refer_order", order, 0, batch_size)
     missing = (torch.bincount(order.long(), minlength=batch_size) == 0).nonzero().flatten().tolist()
     if missing:
         raise ValueError(f"refer_order: every batch item needs at least one reference; items {missing} have none")
-
-
-def _shape_of(x) -> object:
-    """What an argument looked like, for error messages: its shape, or its type when not a tensor."""
-    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_tensor
 from .config import DiTConfig
 from .layers import Linear, RMSNorm, Attention, SwiGLU, additive_mask, banded_mask, key_padding_mask, rope_tables
 
@@ -130,18 +131,6 @@ class DiTLayer(nn.Module):
         return (h + self.mlp(x) * gate_ff).type_as(h)
 
 
-def _check(name: str, x, shape: tuple, expected: str, dtype: torch.dtype | None = None, device=None) -> None:
-    """Raise ValueError naming `name` unless x is a tensor of `shape` (None entries match any size)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor {expected}, got {type(x).__name__}")
-    if x.dim() != len(shape) or any(want is not None and got != want for got, want in zip(x.shape, shape)):
-        raise ValueError(f"{name} must have shape {expected}, got {list(x.shape)}")
-    if dtype is not None and x.dtype != dtype:
-        raise ValueError(f"{name} must have the model dtype {dtype}, got {x.dtype}")
-    if device is not None and x.device != device:
-        raise ValueError(f"{name} must be on the model device {device}, got {x.device}")
-
-
 class DiT(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -190,15 +179,13 @@ class DiT(nn.Module):
         token); None reproduces the official model, which attends to the padded positions too.
         """
         w = self.condition_embedder.weight
-        _check("encoder_hidden_states", encoder_hidden_states, (None, None, self.cfg.condition_dim),
-               f"[B, L, {self.cfg.condition_dim}]", w.dtype, w.device)
+        check_tensor("encoder_hidden_states", encoder_hidden_states, (None, None, self.cfg.condition_dim),
+                     f"[B, L, {self.cfg.condition_dim}] with L >= 1", dtype=w.dtype, device=w.device)
         b, length, _ = encoder_hidden_states.shape
-        if length == 0:
-            raise ValueError("encoder_hidden_states must have at least one condition position (L >= 1)")
         mask = None
         if encoder_attention_mask is not None:
-            _check("encoder_attention_mask", encoder_attention_mask, (b, length), f"[{b}, {length}] (B, L)",
-                   device=w.device)
+            check_tensor("encoder_attention_mask", encoder_attention_mask, (b, length), f"[{b}, {length}] (B, L)",
+                         kind="any", device=w.device)
             # Query length 1: the [B, 1, 1, L] mask broadcasts over heads and every latent position.
             mask = key_padding_mask(encoder_attention_mask, 1, w.dtype)
         c = self.condition_embedder(encoder_hidden_states)  # [B, L, Dc] -> [B, L, D]
@@ -229,17 +216,13 @@ class DiT(nn.Module):
         """
         cfg = self.cfg
         w = self.proj_in.weight
-        _check("hidden_states", hidden_states, (None, None, cfg.latent_dim), f"[B, T, {cfg.latent_dim}]",
-               w.dtype, w.device)
+        check_tensor("hidden_states", hidden_states, (None, None, cfg.latent_dim),
+                     f"[B, T, {cfg.latent_dim}] with T >= 1", dtype=w.dtype, device=w.device)
         b, length, _ = hidden_states.shape
-        if length == 0:
-            raise ValueError("hidden_states must have at least one frame (T >= 1)")
-        _check("context_latents", context_latents, (b, length, self.context_dim),
-               f"[{b}, {length}, {self.context_dim}] (B, T, context_dim)", w.dtype, w.device)
+        check_tensor("context_latents", context_latents, (b, length, self.context_dim),
+                     f"[{b}, {length}, {self.context_dim}] (B, T, context_dim)", dtype=w.dtype, device=w.device)
         for name, t in (("timestep", timestep), ("timestep_r", timestep_r)):
-            _check(name, t, (b,), f"[{b}] (B)", device=w.device)
-            if not t.is_floating_point():
-                raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+            check_tensor(name, t, (b,), f"[{b}] (B)", device=w.device)
 
         if cross_kv is None:
             if encoder_hidden_states is None:

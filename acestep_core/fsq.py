@@ -35,6 +35,7 @@ import re
 import torch
 from torch import nn
 
+from .checks import check_tensor, check_values
 from .config import AudioTokenizerConfig
 from .layers import EncoderStack
 
@@ -123,21 +124,14 @@ class AudioTokenizer(nn.Module):
         official max-pools the mask and returns it as float).
         """
         cfg, p = self.cfg, self.cfg.pool_window_size
-        if not isinstance(latents, torch.Tensor) or latents.ndim != 3 or latents.shape[-1] != cfg.latent_dim \
-                or latents.shape[1] == 0 or not latents.is_floating_point():
-            got = _shape_of(latents)
-            raise ValueError(f"latents: expected a float tensor [B, T, {cfg.latent_dim}] with T >= 1, got {got}")
+        check_tensor("latents", latents, (None, None, cfg.latent_dim), f"[B, T, {cfg.latent_dim}] with T >= 1")
         b, t, d = latents.shape
         pad = -t % p
-        if not isinstance(silence_latent, torch.Tensor) or silence_latent.ndim != 3 \
-                or silence_latent.shape[0] != 1 or silence_latent.shape[-1] != d or silence_latent.shape[1] < pad:
-            got = _shape_of(silence_latent)
-            raise ValueError(f"silence_latent: expected [1, S, {d}] with S >= {pad}, got {got}")
+        check_tensor("silence_latent", silence_latent, (1, range(pad, 2**31), d), f"[1, S, {d}] with S >= {pad}")
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=latents.device)
-        elif not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (b, t):
-            got = _shape_of(mask)
-            raise ValueError(f"mask: expected shape {(b, t)} (1 = real frame) or None, got {got}")
+        else:
+            check_tensor("mask", mask, (b, t), f"[{b}, {t}] (1 = real frame) or None", kind="any")
         keep = mask != 0  # [B, T]
         if pad:
             # The stored silence is float32 on the CPU; match the latents for the concat.
@@ -168,9 +162,7 @@ class AudioDetokenizer(EncoderStack):
 
     def forward(self, quantized: torch.Tensor) -> torch.Tensor:
         w, p = self.cfg.hidden_size, self.pool_window_size
-        if not isinstance(quantized, torch.Tensor) or quantized.ndim != 3 or quantized.shape[-1] != w:
-            got = _shape_of(quantized)
-            raise ValueError(f"quantized: expected [B, T5, {w}], got {got}")
+        check_tensor("quantized", quantized, (None, None, w), f"[B, T5, {w}]")
         b, t5, _ = quantized.shape
         h = self.embed_tokens(quantized)  # [B, T5, W]
         # Every 5 Hz vector becomes P frames that differ only by a learned per-position token.
@@ -225,16 +217,5 @@ def _check_gap(text: str, start: int, end: int) -> None:
 
 
 def _check_codes(name: str, codes: torch.Tensor, codebook_size: int, ndim: int) -> None:
-    shape = "[T5]" if ndim == 1 else "[B, T5]"
-    if not isinstance(codes, torch.Tensor) or codes.ndim != ndim or codes.is_floating_point() \
-            or codes.dtype == torch.bool:
-        got = f"{tuple(codes.shape)} {codes.dtype}" if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise ValueError(f"{name}: expected an integer tensor {shape}, got {got}")
-    if codes.numel() and (bool((codes < 0).any()) or bool((codes >= codebook_size).any())):
-        raise ValueError(f"{name}: values must lie in 0..{codebook_size - 1}, got min {int(codes.min())} "
-                         f"max {int(codes.max())}")
-
-
-def _shape_of(x) -> object:
-    """What an argument looked like, for error messages: its shape, or its type when not a tensor."""
-    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+    check_tensor(name, codes, (range(0, 2**31),) * ndim, "[T5]" if ndim == 1 else "[B, T5]", kind="int")
+    check_values(name, codes, 0, codebook_size)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_tensor
 from .config import OobleckConfig
 
 # Official handler defaults (acestep/core/generation/handler/vae_decode.py, memory_utils.py, vae_encode.py).
@@ -242,14 +243,8 @@ class Oobleck(nn.Module):
         return self.decoder.conv2.weight.dtype
 
     def _check(self, x: torch.Tensor, name: str, channels: int, length: str, min_length: int) -> torch.Tensor:
-        expected = f"[B, {channels}, {length}]"
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be a 3-D tensor {expected}, got {got}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor {expected}, got dtype {x.dtype}")
-        if x.shape[0] == 0 or x.shape[1] != channels or x.shape[2] < min_length:
-            raise ValueError(f"{name} must have shape {expected} with {length} >= {min_length}, got {tuple(x.shape)}")
+        check_tensor(name, x, (None, channels, range(min_length, 2**62)),
+                     f"[B, {channels}, {length}] with {length} >= {min_length}")
         # Convolutions need input and weights in one dtype; callers may hand float32 audio or latents
         # to a bf16 model (or the reverse).
         return x.to(self.dtype)

@@ -5,7 +5,7 @@
 
 `__call__` takes the keyword arguments of diffusers 0.42.1 `AceStepPipeline.__call__` with the same tensor
 layouts, so switching is a one-line change; the behaviour is the official handler's unless
-`compat="diffusers"` (docs/parity.md lists every difference). The models are plain attributes
+`compat="diffusers"` or a custom `behaviour=` says otherwise (behaviour.py; docs/parity.md lists every difference). The models are plain attributes
 (`pipe.text_encoder`, `pipe.vae`, `pipe.dit`, `pipe.condition_encoder`, `pipe.audio_tokenizer`,
 `pipe.audio_detokenizer`) that a researcher can call directly.
 """
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import prompts, sampling, tasks
+from . import derived, prompts, sampling, tasks
 from .config import AceStepConfig
 from .generate import Condition, Guidance, Repaint, generate_latents
 from .loading import load_checkpoint
-from .oobleck import ENCODE_CHUNK_SECONDS
-from .requests import Request, parse_request
+from .oobleck import DECODE_CHUNK_FRAMES, ENCODE_CHUNK_SECONDS
+from .requests import Request, validate_request
 from .text import TextTokenizer
 
 log = logging.getLogger("acestep_core")
@@ -91,7 +91,7 @@ class AceStepPipeline:
         return z.transpose(1, 2).to(self.dtype)  # [B, 64, T] -> [B, T, 64]
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, *, chunk_size: int | None = 512) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, *, chunk_size: int | None = DECODE_CHUNK_FRAMES) -> torch.Tensor:
         """Latents [B, T, 64] -> audio [B, 2, T * hop] float32, item by item in overlapping chunks of `chunk_size`
         frames (official: 512 on large GPUs, 256 on CPU; the result is the same within 1e-6 of the peak, and 512
         wastes less work on the 64-frame overlaps)."""
@@ -116,7 +116,8 @@ class AceStepPipeline:
     @torch.no_grad()
     def __call__(self, prompt=None, lyrics="", **kwargs) -> PipelineOutput | tuple:
         start = time.perf_counter()
-        req: Request = parse_request(self, prompt=prompt, lyrics=lyrics, **kwargs)
+        req: Request = validate_request(self.config, prompt=prompt, lyrics=lyrics, **kwargs)
+        rules, rate = req.behaviour, self.sample_rate
         timings: dict[str, float] = {}
 
         def lap(name):
@@ -127,32 +128,27 @@ class AceStepPipeline:
 
         b, dtype, device = req.batch_size, self.dtype, self.device
         # Text first: a prompt or lyrics over the token limit fails before any model runs.
-        captions = [prompts.format_caption(c, req.instruction, bpm=req.bpm, timesignature=req.timesignature,
-                                           keyscale=req.keyscale, duration=req.metas_duration) for c in req.prompts]
-        lyric_texts = [prompts.format_lyrics(l, lang) for l, lang in zip(req.lyrics, req.languages)]
+        captions, lyric_texts = derived.captions(req, rate), derived.lyric_texts(req)
         self._check_token_limits(captions, lyric_texts)
         src_latents = code_hints = None
         if req.codes is not None:
             code_hints = self.codes_to_latents(req.codes).to(dtype)  # [B, 5N, 64]
         elif req.src_audio is not None:
-            src_latents = self.encode_audio(req.src_audio, sample=req.sample_posterior, generator=req.vae_generator,
-                                            chunk_seconds=req.vae_encode_chunk_seconds)
+            src_latents = self.encode_audio(req.src_audio, sample=req.sample_posterior,
+                                            generator=derived.vae_generator(req), chunk_seconds=rules.encode_chunk_seconds)
         lap("encode_audio")
 
         # Latent length: the source or codes decide it when given, else the requested duration.
-        if code_hints is not None:
-            length = max(code_hints.shape[1], 1 if req.compat == "diffusers" else tasks.MIN_FRAMES)
-        elif src_latents is not None:
-            length = max(src_latents.shape[1], 1 if req.compat == "diffusers" else tasks.MIN_FRAMES)
-        else:
-            length = tasks.latent_length(req.audio_duration, self.sample_rate, self.hop, req.compat)
+        given = code_hints if code_hints is not None else src_latents
+        length = derived.latent_length(req, self.config, None if given is None else given.shape[1])
         window = None
         if req.repaint_window is not None:
-            window = tasks.repaint_frames(*req.repaint_window, length, self.sample_rate, self.hop, req.compat)
+            window = tasks.repaint_frames(*req.repaint_window, length, rate, self.hop, rules)
         inputs = tasks.build_task_inputs(req.task, length, b, self.silence_latent, source=src_latents,
                                          code_hints=code_hints, window=window, chunk_mask_mode=req.chunk_mask_mode)
 
-        text, text_mask, lyric, lyric_mask = self.encode_text(captions, lyric_texts, padding_side=req.padding_side)
+        padding = derived.padding_side(req, self.config)
+        text, text_mask, lyric, lyric_mask = self.encode_text(captions, lyric_texts, padding_side=padding)
         lap("text_encoder")
 
         refs, order = self._reference_latents(req, b)
@@ -160,48 +156,52 @@ class AceStepPipeline:
         context = self._context(inputs, code_hints)
         cond = Condition(states, mask, context)
         non_cover = None
-        # diffusers only mixes in the non-cover condition for the cover task; the official for any task.
-        if req.audio_cover_strength < 1.0 and (req.compat == "official" or req.task == "cover"):
-            non_cover = self._non_cover_condition(req, inputs, lyric, lyric_mask, refs, order, context)
+        # The official switches to a text2music condition for any task; diffusers blends, for cover only.
+        if req.audio_cover_strength < 1.0 and (rules.cover_mix == "switch" or req.task == "cover"):
+            non_cover = self._non_cover_condition(req, inputs, lyric, lyric_mask, refs, order, context, padding)
         lap("condition")
 
         channels, turbo = self.config.dit.latent_dim, self.config.pipeline.is_turbo
-        noise = req.noise(length, channels, dtype, device)
+        gens = derived.generators(req, device)
+        noise = derived.initial_noise(req, (b, length, channels), dtype, device, gens)
         if req.retake_variance > 0:
-            retake = req.retake_noise(length, channels, dtype, device)
+            retake = derived.retake_noise(req, (b, length, channels), dtype, device)
             noise = sampling.mix_retake_noise(noise, retake, req.retake_variance)
-        timesteps = req.timesteps_for(turbo, dtype)
+        timesteps = derived.timesteps(req, turbo, dtype)
         start_latents = None
         if req.cover_noise_strength > 0:
             # From the source noised to the schedule time nearest to 1 - strength (official cover mode).
             start_latents, timesteps = sampling.cover_start(noise, inputs.src_latents, timesteps,
                                                             req.cover_noise_strength)
-        guidance = Guidance(req.guidance_scale, (req.cfg_interval_start, req.cfg_interval_end),
-                            "1-t" if req.compat == "diffusers" else "t", adg=req.use_adg)
+        guidance = Guidance(req.guidance_scale, req.cfg_interval, rules.guidance_interval_on, adg=req.use_adg)
+        inject, crossfade, wav_fade = derived.repaint_plan(req, rate)
         repaint = None
-        if inputs.repaint_mask is not None and req.compat == "official":
-            inject, frames = req.repaint_schedule
-            repaint = Repaint(inputs.repaint_mask, inputs.clean_src, inject, frames)
-        num_steps = len(timesteps) - 1
-        cover_steps = int(num_steps * req.audio_cover_strength)
-        blend = req.audio_cover_strength if (non_cover is not None and req.compat == "diffusers") else None
+        if inputs.repaint_mask is not None and rules.repaint_injection:
+            repaint = Repaint(inputs.repaint_mask, inputs.clean_src, inject, crossfade)
+        blend = req.audio_cover_strength if (non_cover is not None and rules.cover_mix == "blend") else None
         latents = generate_latents(
             self.dit, noise, timesteps, cond, guidance=guidance, null_emb=self.condition_encoder.null_condition_emb,
-            non_cover=non_cover, cover_steps=cover_steps, cover_blend=blend, repaint=repaint, sampler=req.sampler,
-            turbo=turbo, start_latents=start_latents, mask_condition_padding=req.mask_condition_padding,
-            on_step=req.step_callback(self, timesteps),
+            non_cover=non_cover, cover_steps=derived.cover_steps(req, len(timesteps) - 1), cover_blend=blend,
+            repaint=repaint, sampler=derived.sampler_options(req, gens), turbo=turbo, start_latents=start_latents,
+            mask_condition_padding=req.mask_condition_padding, on_step=derived.step_callback(req, self, timesteps),
             progress=req.progress,
         )
         lap("dit")
+        if not bool(torch.isfinite(latents).all()):
+            raise ValueError("sampling produced non-finite latents (NaN or inf) before decoding; check the "
+                             "checkpoint's weights and the sampler options (dtype, guidance_scale, shift)")
 
         if req.output_type == "latent":
             out = latents
         else:
             audio = self.decode_latents(latents, chunk_size=req.vae_chunk_size)
             if repaint is not None and req.src_audio is not None:
-                audio = _splice_repaint(audio, req.src_audio_padded, req.repaint_window_samples(self.sample_rate),
-                                        req.repaint_wav_crossfade)
+                audio = _splice_repaint(audio, req.src_audio, derived.repaint_window_samples(req, rate), wav_fade)
             audio = _normalize(audio)
+            keep = derived.trim_samples(req, rate)
+            if keep is not None:
+                # The model's minimum is 128 frames (5.12 s); a shorter request gets the length it asked for.
+                audio = audio[..., :keep]
             lap("vae_decode")
             out = audio.cpu().numpy() if req.output_type == "np" else audio
         result = PipelineOutput(out, latents, self.sample_rate, timings)
@@ -228,8 +228,8 @@ class AceStepPipeline:
             refs = self.silence_latent[:, :frames].expand(batch_size, -1, -1)
         else:
             wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
-            refs = self.encode_audio(wave, sample=req.sample_posterior, generator=req.vae_generator,
-                                     chunk_seconds=req.vae_encode_chunk_seconds)[:, :frames]
+            refs = self.encode_audio(wave, sample=req.sample_posterior, generator=derived.vae_generator(req),
+                                     chunk_seconds=req.behaviour.encode_chunk_seconds)[:, :frames]
             if refs.shape[0] == 1:
                 refs = refs.expand(batch_size, -1, -1)
         order = torch.arange(batch_size, device=self.device)
@@ -247,17 +247,15 @@ class AceStepPipeline:
         mask = inputs.chunk_mask[..., None].expand(-1, -1, src.shape[-1]).to(src)  # [B, T] -> [B, T, 64]
         return torch.cat([src, mask], dim=-1)  # [B, T, 128]
 
-    def _non_cover_condition(self, req, inputs, lyric, lyric_mask, refs, order, context) -> Condition:
-        """audio_cover_strength < 1: the text2music instruction; official: silence context, no cover hints;
-        diffusers: the same (cover) context as the main condition."""
-        captions = [prompts.format_caption(c, prompts.DEFAULT_INSTRUCTION, bpm=req.bpm,
-                                           timesignature=req.timesignature, keyscale=req.keyscale,
-                                           duration=req.metas_duration) for c in req.prompts]
-        ids, mask = self.tokenizer.encode_captions(captions, padding_side=req.padding_side)
+    def _non_cover_condition(self, req, inputs, lyric, lyric_mask, refs, order, context, padding) -> Condition:
+        """audio_cover_strength < 1: the text2music instruction; "switch" (official): silence context, no cover
+        hints; "blend" (diffusers): the same (cover) context as the main condition."""
+        captions = derived.captions(req, self.sample_rate, prompts.DEFAULT_INSTRUCTION)
+        ids, mask = self.tokenizer.encode_captions(captions, padding_side=padding)
         ids, mask = ids.to(self.device), mask.to(self.device)
         text = self.text_encoder(ids)
         states, cmask = self.condition_encoder(text, mask, lyric, lyric_mask, refs, order)
-        if req.compat == "diffusers":
+        if req.behaviour.cover_mix == "blend":
             return Condition(states, cmask, context)
         length = inputs.src_latents.shape[1]
         silence = tasks.tile_silence(self.silence_latent, length)[None].expand(inputs.src_latents.shape[0], -1, -1)

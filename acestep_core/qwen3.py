@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checks import check_tensor, check_values
 from .config import Qwen3Config
 from .layers import PreNormBlock, RMSNorm, rope_tables
 
@@ -41,20 +42,10 @@ class Qwen3Encoder(nn.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def _check_ids(self, input_ids) -> None:
-        if not isinstance(input_ids, torch.Tensor):
-            raise ValueError(f"input_ids must be a torch.Tensor of shape [B, L], got {type(input_ids).__name__}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
-        if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must have shape [B, L] with B, L >= 1, got {tuple(input_ids.shape)}")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= self.cfg.vocab_size:
-            raise ValueError(f"input_ids must lie in [0, {self.cfg.vocab_size}), got values in [{lo}, {hi}]")
-
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, L] -> token embeddings [B, L, hidden] (the lyric branch's input)."""
-        self._check_ids(input_ids)
+        check_tensor("input_ids", input_ids, (None, None), "[B, L] with B, L >= 1", kind="int")
+        check_values("input_ids", input_ids, 0, self.cfg.vocab_size)
         return self.embed_tokens(input_ids)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

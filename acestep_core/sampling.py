@@ -57,8 +57,9 @@ def shift_time(t: float, shift: float) -> float:
     return shift * t / (1.0 + (shift - 1.0) * t)
 
 
-def turbo_schedule(num_steps: int = 8, shift: float = 3.0, timesteps: Sequence[float] | None = None) -> list[float]:
-    """The official turbo schedule: shifted linspace computed in float64 (clamped to 20 steps), or the user's
+def turbo_schedule(num_steps: int = 8, shift: float = 3.0, timesteps: Sequence[float] | None = None,
+                   max_steps: int = MAX_TURBO_STEPS) -> list[float]:
+    """The official turbo schedule: shifted linspace computed in float64 (clamped to `max_steps`), or the user's
     `timesteps` snapped to the nearest valid turbo value (trailing zeros dropped). Ends with 0.0."""
     if timesteps is not None:
         ts = [float(t) for t in timesteps]
@@ -66,9 +67,9 @@ def turbo_schedule(num_steps: int = 8, shift: float = 3.0, timesteps: Sequence[f
             ts.pop()
         if not ts:
             raise ValueError("timesteps: needs at least one non-zero value")
-        ts = [min(TURBO_VALID_TIMESTEPS, key=lambda v: abs(v - t)) for t in ts[:MAX_TURBO_STEPS]]
+        ts = [min(TURBO_VALID_TIMESTEPS, key=lambda v: abs(v - t)) for t in ts[:max_steps]]
         return _f32(ts + [0.0])
-    n = min(int(num_steps), MAX_TURBO_STEPS)
+    n = min(int(num_steps), max_steps)
     raw = [1.0 - i / n for i in range(n)]
     if shift != 1.0:
         raw = [shift_time(t, shift) for t in raw]
@@ -137,14 +138,100 @@ def cover_start(noise: torch.Tensor, src_latents: torch.Tensor, timesteps: Seque
 
 # --- the loop -----------------------------------------------------------------------------------------------
 
+@dataclass
+class Step:
+    """What a solver sees at step i of n: x at time t, its (clamped / smoothed) velocity v, the next time."""
+
+    x: torch.Tensor
+    v: torch.Tensor
+    t: float
+    t_next: float
+    i: int
+    n: int
+    turbo: bool
+    options: "SamplerOptions"
+    corrector: Velocity | None
+    memory: dict  # a multistep solver's state, kept across the steps of one run
+
+
+# A solver: Step -> (x at the new time, that time, the velocity the step used). The loop in `sample`
+# handles everything shared: velocity clamp / EMA, turbo's final x0 jump, DCW and after_step.
+Solver = Callable[[Step], tuple[torch.Tensor, float, torch.Tensor]]
+
+
+def euler_step(s: Step):
+    # Step sizes are Python floats (float64 differences of float32 times) rounded once by torch, which
+    # equals the official float32 arithmetic.
+    return s.x - s.v * (s.t - s.t_next), s.t_next, s.v
+
+
+def heun_step(s: Step):
+    """Official Heun: a corrector evaluation at t_next, then a step with the average velocity."""
+    clamp, ema = s.options.velocity_norm_threshold, s.options.velocity_ema
+    x_pred = s.x - s.v * (s.t - s.t_next)
+    v2 = s.corrector(x_pred, s.t_next, s.i)
+    if clamp > 0:
+        v2 = clamp_velocity(v2, x_pred, clamp)
+    if ema > 0:
+        v2 = (1.0 - ema) * v2 + ema * s.v  # against this step's v, on every step
+    v_avg = 0.5 * (s.v + v2)
+    return s.x - v_avg * (s.t - s.t_next), s.t_next, v_avg
+
+
+def sde_step(s: Step):
+    """Official SDE: predict x0, then re-noise it with fresh noise to the next time (turbo) or to the
+    unshifted linear time 1 - (i + 1) / n (base, ignoring shift and custom timesteps)."""
+    t_after = s.t_next if s.turbo else 1.0 - (s.i + 1) / s.n
+    x0 = s.x - s.v * s.t
+    return t_after * _draw(s.options.sde_noise, s.x) + (1.0 - t_after) * x0, t_after, s.v
+
+
+def dpm_solver_2m_step(s: Step):
+    """DPM-Solver++(2M) (Lu et al. 2022) on the flow x_t = t * noise + (1 - t) * x0, i.e. alpha = 1 - t,
+    sigma = t, lambda = log(alpha / sigma); the data prediction is x0 = x - t v.
+
+        x_next = (sigma_next / sigma) x - alpha_next (exp(-h) - 1) D,   h = lambda_next - lambda
+        D = x0 (first step), else (1 + 1 / (2 r)) x0 - 1 / (2 r) x0_prev,   r = h_prev / h
+
+    A step from t = 1 (lambda = -inf) is the Euler step and leaves h_prev infinite, so the next one is
+    first order too; a step to t = 0 returns x0 (sigma_next = 0)."""
+    x0 = s.x - s.v * s.t
+    prev = s.memory.get("dpm2m")  # (x0_prev, h_prev) of the previous step, or None
+    s.memory["dpm2m"] = None
+    if s.t_next == 0.0:
+        return x0, 0.0, s.v
+    lam = (lambda u: math.log((1.0 - u) / u) if u < 1.0 else -math.inf)
+    h = lam(s.t_next) - lam(s.t)
+    d = x0
+    if prev is not None and math.isfinite(prev[1]):
+        r = prev[1] / h
+        d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * prev[0]
+    # expm1(-h) = exp(-h) - 1 without cancellation; -1 when h is infinite (a step from t = 1).
+    x_next = (s.t_next / s.t) * s.x - (1.0 - s.t_next) * math.expm1(-h) * d
+    s.memory["dpm2m"] = (x0, h)
+    return x_next, s.t_next, s.v
+
+
+# name -> solver. The official method "sde" is a solver here too; adding one is a function and a row.
+SOLVERS: dict[str, Solver] = {
+    "euler": euler_step,
+    "heun": heun_step,
+    "sde": sde_step,
+    "dpm++2m": dpm_solver_2m_step,
+}
+ODE_SOLVERS = tuple(name for name in SOLVERS if name != "sde")
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
-    """The official sampler switches; the defaults give plain Euler ODE sampling.
+    """The official sampler switches; the defaults give plain Euler ODE sampling. The one place sampler
+    names are validated.
 
     method: "ode" or "sde" (official infer_method): SDE predicts x0 = x - v t each step and re-noises it
         to the next time with fresh noise drawn from `sde_noise`.
-    solver: "euler" or "heun" (official sampler_mode): Heun adds a corrector evaluation at t_next and
-        steps with the average velocity; ODE only (the official silently falls back to Euler with SDE).
+    solver: an ODE solver of SOLVERS (official sampler_mode: "euler" or "heun"; "dpm++2m" is ours). Heun
+        adds a corrector evaluation at t_next; with method="sde" only "euler" is allowed (the official
+        silently falls back to Euler).
     velocity_norm_threshold: > 0 scales each item's v down so that ||v|| <= threshold * ||x||.
     velocity_ema: > 0 smooths v <- (1 - a) v + a v_prev from the second step on.
     dcw: wavelet correction after every step, None = off (see DCW).
@@ -160,16 +247,20 @@ class SamplerOptions:
     def __post_init__(self):
         if self.method not in ("ode", "sde"):
             raise ValueError(f"method: expected 'ode' or 'sde', got {self.method!r}")
-        if self.solver not in ("euler", "heun"):
-            raise ValueError(f"solver: expected 'euler' or 'heun', got {self.solver!r}")
-        if self.method == "sde" and self.solver == "heun":
-            raise ValueError("solver: 'heun' is an ODE solver; use method='ode' or solver='euler'")
+        if self.solver not in ODE_SOLVERS:
+            raise ValueError(f"solver: expected one of {ODE_SOLVERS}, got {self.solver!r}")
+        if self.method == "sde" and self.solver != "euler":
+            raise ValueError(f"solver: {self.solver!r} is an ODE solver; use method='ode' or solver='euler'")
         if not self.velocity_norm_threshold >= 0.0:
             raise ValueError(f"velocity_norm_threshold: must be >= 0, got {self.velocity_norm_threshold}")
         if not 0.0 <= self.velocity_ema < 1.0:
             raise ValueError(f"velocity_ema: must lie in [0, 1), got {self.velocity_ema}")
         if self.dcw is not None and not isinstance(self.dcw, DCW):
             raise ValueError(f"dcw: expected a sampling.DCW or None, got {type(self.dcw).__name__}")
+
+    @property
+    def step(self) -> Solver:
+        return SOLVERS["sde" if self.method == "sde" else self.solver]
 
 
 def clamp_velocity(v: torch.Tensor, x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -215,9 +306,9 @@ def sample(
     options = options or SamplerOptions()
     if options.solver == "heun" and corrector is None:
         raise ValueError("corrector: a velocity callable is required for solver='heun'")
-    clamp, ema = options.velocity_norm_threshold, options.velocity_ema
+    clamp, ema, solver = options.velocity_norm_threshold, options.velocity_ema, options.step
     n = len(timesteps) - 1
-    v_prev = None
+    v_prev, memory = None, {}
     for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
         t, t_next = timesteps[i], timesteps[i + 1]
         v = velocity(x, t, i)
@@ -225,26 +316,11 @@ def sample(
             v = clamp_velocity(v, x, clamp)
         if ema > 0 and v_prev is not None:
             v = (1.0 - ema) * v + ema * v_prev
-        x_before, v_step = x, v
-        # Step sizes are Python floats (float64 differences of float32 times) rounded once by torch,
-        # which equals the official float32 arithmetic.
+        x_before = x
         if turbo and i == n - 1:
-            x, t_after = x - v * t, 0.0  # turbo's final jump to x0, nothing else
-        elif options.method == "sde":
-            t_after = t_next if turbo else 1.0 - (i + 1) / n  # base: unshifted linear time (official)
-            x0 = x - v * t
-            x = t_after * _draw(options.sde_noise, x) + (1.0 - t_after) * x0
-        elif options.solver == "heun":
-            x_pred = x - v * (t - t_next)
-            v2 = corrector(x_pred, t_next, i)
-            if clamp > 0:
-                v2 = clamp_velocity(v2, x_pred, clamp)
-            if ema > 0:
-                v2 = (1.0 - ema) * v2 + ema * v  # against this step's v, on every step
-            v_step = 0.5 * (v + v2)
-            x, t_after = x - v_step * (t - t_next), t_next
+            x, t_after, v_step = x - v * t, 0.0, v  # turbo's final jump to x0, nothing else
         else:
-            x, t_after = x - v * (t - t_next), t_next
+            x, t_after, v_step = solver(Step(x, v, t, t_next, i, n, turbo, options, corrector, memory))
         if options.dcw is not None:
             # x0 is estimated from the single evaluation at t, not from Heun's average.
             x = dcw_correct(x, x_before - v * t, t, options.dcw)

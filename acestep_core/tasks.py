@@ -8,7 +8,7 @@ Official handler numerics (acestep/core/generation/handler/, see docs/parity.md 
 - chunk mask: ones for every task (the official default mode "auto" overwrites the repaint window
   row to all ones); `chunk_mask_mode="explicit"` keeps the 0/1 window, which is what diffusers uses;
 - repaint window frames: int(seconds * 48000 // 1920), clamped to [0, T-1] / [start+1, T].
-`compat="diffusers"` switches the few rules where diffusers 0.42.1 differs.
+The rules where diffusers 0.42.1 differs follow a `Behaviour` (behaviour.py).
 """
 
 from __future__ import annotations
@@ -18,21 +18,22 @@ from dataclasses import dataclass
 
 import torch
 
+from .behaviour import OFFICIAL, Behaviour
+
 TASKS = ("text2music", "repaint", "cover", "cover-nofsq", "extract", "lego", "complete")
 SOURCE_TASKS = ("repaint", "cover", "cover-nofsq", "extract", "lego", "complete")
 WINDOW_TASKS = ("repaint", "lego")
-MIN_FRAMES = 128  # the official never generates less than 5.12 s
-DEFAULT_SECONDS = 120.0  # official length when no duration is given (the prompt metas then say 30 s)
 
 
-def latent_length(seconds: float | None, sample_rate: int, hop: int, compat: str = "official") -> int:
-    if compat == "diffusers":
-        # diffusers: ceil(duration * latents per second), no minimum, 60 s default upstream of here.
-        return max(1, math.ceil(float(seconds) * sample_rate / hop))
+def latent_length(seconds: float | None, sample_rate: int, hop: int, behaviour: Behaviour = OFFICIAL) -> int:
+    """Latent frames for a song of `seconds` (None: the behaviour's default length), behaviour row 3."""
     if seconds is None:
-        seconds = DEFAULT_SECONDS
+        seconds = behaviour.default_seconds
+    if behaviour.length_rule == "ceil":
+        # diffusers: ceil(duration * latents per second).
+        return max(behaviour.min_frames, math.ceil(float(seconds) * sample_rate / hop))
     seconds = max(0.1, round(float(seconds), 1))
-    return max(MIN_FRAMES, int(seconds * sample_rate) // hop)
+    return max(behaviour.min_frames, int(seconds * sample_rate) // hop)
 
 
 def tile_silence(silence: torch.Tensor, length: int, start: int = 0) -> torch.Tensor:
@@ -53,9 +54,9 @@ def pad_with_silence(latents: torch.Tensor, length: int, silence: torch.Tensor) 
 
 
 def repaint_frames(start_s: float, end_s: float, total: int, sample_rate: int, hop: int,
-                   compat: str = "official") -> tuple[int, int]:
-    """Window in seconds -> [start, end) in latent frames, clamped inside [0, total]."""
-    if compat == "diffusers":
+                   behaviour: Behaviour = OFFICIAL) -> tuple[int, int]:
+    """Window in seconds -> [start, end) in latent frames, clamped inside [0, total] (behaviour row 6)."""
+    if behaviour.repaint_frame_rule == "truncate":
         start, end = int(start_s * sample_rate / hop), int(end_s * sample_rate / hop)
     else:
         # Evaluated left to right like the official: (seconds * 48000) // 1920.

@@ -8,6 +8,8 @@ Per case (batch 1, a 365-token condition = 300 lyric + 1 timbre + 64 caption tok
   <case>       ours DiT(..., encoder_hidden_states=...) (condition K/V projected inside) vs diffusers' forward
   <case>_step  ours with `prepare_condition` done once (the per-step cost of a sampler) vs diffusers' forward
                (diffusers has no condition cache: every step of its pipeline pays the full forward).
+  <case>_compiled  the step under torch.compile, what `pipe.compile()` does (variant "compiled", not in the
+               defaults: the first call's compile time is reported as compile_s).
 ratio = diffusers_s / ours_s (> 1: ours is faster). pct_peak = achieved FLOP/s / matmul peak of the same dtype,
 FLOPs counted analytically (common.dit_flops; window-aware for the sliding layers).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 
 import torch
 
@@ -34,7 +37,8 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0], CASES, DEFAULT)
     p.add_argument("--variants", default="full,step,diffusers",
                    help="what to time per DiT case: full (ours, condition inside), step (ours, prepared "
-                        "condition), diffusers (default: %(default)s)")
+                        "condition), compiled (step under torch.compile = pipe.compile()), diffusers "
+                        "(default: %(default)s)")
     p.add_argument("--cond-tokens", type=int, default=COND_TOKENS)
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile one call of each variant (top ops to stderr and a JSON line)")
@@ -84,6 +88,14 @@ def main() -> None:
             kv = ours.prepare_condition(cond) if "step" in variants else None
             if "step" in variants:
                 fns["step"] = lambda: ours(x, t, t, None, ctx, cross_kv=kv)
+            compile_s = None
+            if "compiled" in variants:
+                kv = kv or ours.prepare_condition(cond)
+                compiled = torch.compile(ours.forward)  # = AceStepPipeline.compile()
+                start = time.perf_counter()
+                compiled(x, t, t, None, ctx, cross_kv=kv)
+                compile_s = time.perf_counter() - start
+                fns["compiled"] = lambda: compiled(x, t, t, None, ctx, cross_kv=kv)
             common.log(f"{case}: timing {', '.join(fns)} (interleaved) ...")
             res = common.compare(fns, repeats=args.repeats, warmup=args.warmup, device=device)
             if args.profile:
@@ -103,12 +115,12 @@ def main() -> None:
                                               metric=metric)
                     checked = True
 
-        for variant in ("full", "step"):
+        for variant in ("full", "step", "compiled"):
             if variant not in res:
                 continue
             flops = common.dit_flops(config.dit, patches, args.cond_tokens, include_condition=variant == "full")
             ref_flops = common.dit_flops(config.dit, patches, args.cond_tokens, include_condition=True)
-            rec = {"bench": "dit", "case": case if variant == "full" else f"{case}_step", "dtype": args.dtype,
+            rec = {"bench": "dit", "case": case if variant == "full" else f"{case}_{variant}", "dtype": args.dtype,
                    "device": device, "frames": frames, "patches": patches, "cond_tokens": args.cond_tokens,
                    "ours_s": res[variant]["median_s"]}
             if "diffusers" in res:
@@ -137,6 +149,8 @@ def main() -> None:
             if "diffusers" in res:
                 rec.update(common.result_fields("diffusers", res["diffusers"]))
             rec["parity_rel_err"] = err
+            if variant == "compiled":
+                rec["compile_s"] = compile_s
             rec["parity_metric"] = common.parity_tolerance(dtype)[1]
             rec["loadavg_1m"] = res[variant]["loadavg_1m"]
             rec["repeats"] = res[variant]["repeats"]

@@ -12,6 +12,37 @@ FIX = Path(__file__).parent / "fixtures"
 
 CASES: Counter = Counter()
 
+# The slow tier (`pytest -m "not slow"` skips it for a fast loop; the README command and CI run everything):
+# live comparisons with the reference implementations, property-based runs over the whole pipeline, and
+# tests that start subprocesses or send signals. module -> test names ("*": the whole module).
+SLOW = {
+    "test_diffusers_parity.py": "*",
+    "test_parity_report.py": "*",
+    "test_to_diffusers.py": "*",
+    "test_parity_official.py": "*",
+    "test_hardening.py": {"test_valid_arguments_give_finite_audio", "test_invalid_arguments_name_the_argument",
+                          "test_diffusers_compat_follows_the_tokenizer_padding_side"},
+    "test_cli.py": {"test_same_seed_gives_identical_bytes_across_processes", "test_killed_run_leaves_no_partial_output",
+                    "test_console_script_and_module_help"},
+    "test_convert.py": {"test_cli_converts_and_refuses_overwrite", "test_interrupted_conversion_leaves_nothing"},
+    "test_dit.py": {"test_diffusers_parity_padded_condition", "test_xl_diffusers_parity"},
+    "test_condition.py": {"test_diffusers_live_parity"},
+    "test_fsq.py": {"test_diffusers_live_parity"},
+    "test_oobleck.py": {"test_live_parity_with_diffusers", "test_module_matches_diffusers_own_weight_norm_removal",
+                        "test_sample_is_seeded_and_matches_diffusers"},
+    "test_qwen3.py": {"test_live_parity_with_transformers"},
+    "test_text.py": {"test_agrees_with_transformers_autotokenizer"},
+    "test_lm_model.py": {"test_live_parity_with_transformers"},
+    "test_adapters.py": {"test_parity_with_diffusers_peft"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = SLOW.get(item.path.name)
+        if names == "*" or (names and item.originalname in names):
+            item.add_marker(pytest.mark.slow)
+
 
 def pytest_terminal_summary(terminalreporter):
     if CASES:

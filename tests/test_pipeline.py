@@ -192,3 +192,16 @@ def test_cover_from_codes_matches_cover_from_their_latents(demo):
     text = format_audio_codes(codes[0])
     out = demo(prompt="x", audio_codes=text, num_inference_steps=2, seed=4, output_type="latent")
     assert out.latents.shape[1] == max(128, codes.shape[1] * 5)
+
+
+def test_compile_keeps_the_output(tmp_path):
+    """pipe.compile() wraps the DiT forward in torch.compile; the eager backend checks the graph capture
+    cheaply (benchmarks/bench_dit.py measures the inductor speed-up)."""
+    from acestep_core import demo
+    from acestep_core.pipeline import load_pipeline
+
+    pipe = load_pipeline(demo.write_demo_checkpoint(str(tmp_path / "demo")))
+    args = dict(prompt="x", audio_duration=6.0, num_inference_steps=2, seed=1, output_type="latent")
+    eager = pipe(**args).latents
+    compiled = pipe.compile(backend="eager")(**args).latents
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=0)

@@ -277,3 +277,47 @@ def test_base_loop_injects_on_its_last_step(turbo, common):
     assert torch.equal(base_loop[outside], ref["clean_src_latents"][outside])
     turbo_loop = generate_latents(turbo.dit, ref["initial_noise"], ts, cond, repaint=repaint, turbo=True)
     assert (turbo_loop[outside] - ref["clean_src_latents"][outside]).abs().max() > 1e-3
+
+
+def test_dpm_solver_2m_matches_a_hand_computed_two_step_case():
+    """timesteps 0.8 -> 0.5 -> 0.2 with v = 0.3 x + 0.1 t (alpha = 1 - t, sigma = t, lambda = log(alpha/sigma)).
+
+    step 0: h = lambda(0.5) - lambda(0.8) = log 4, first order:
+        x1 = (0.5 / 0.8) x - 0.5 (1/4 - 1) x0_0 = 0.625 x + 0.375 x0_0,          x0_0 = x - 0.8 v(x, 0.8)
+    step 1: h = log 4 again, r = 1, D = 1.5 x0_1 - 0.5 x0_0:
+        x2 = (0.2 / 0.5) x1 - 0.8 (1/4 - 1) D = 0.4 x1 + 0.6 D,                 x0_1 = x1 - 0.5 v(x1, 0.5)
+    """
+    def v(x, t, i=None):
+        return 0.3 * x + 0.1 * t
+
+    x = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]], dtype=torch.float64)  # [1, 2, 2]
+    x0_0 = x - 0.8 * v(x, 0.8)
+    x1 = 0.625 * x + 0.375 * x0_0
+    x0_1 = x1 - 0.5 * v(x1, 0.5)
+    expected = 0.4 * x1 + 0.6 * (1.5 * x0_1 - 0.5 * x0_0)
+    out = sampling.sample(v, x, [0.8, 0.5, 0.2], turbo=False, options=SamplerOptions(solver="dpm++2m"))
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+
+
+def test_dpm_solver_2m_from_t1_starts_like_euler_and_ends_on_x0():
+    def v(x, t, i=None):
+        return 0.3 * x + 0.1 * t
+
+    x = torch.randn(1, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ts = [1.0, 0.6, 0.0]
+    euler = sampling.sample(v, x, ts[:2], turbo=False)
+    dpm = sampling.sample(v, x, ts[:2], turbo=False, options=SamplerOptions(solver="dpm++2m"))
+    torch.testing.assert_close(dpm, euler, atol=1e-12, rtol=0)
+    full = sampling.sample(v, x, ts, turbo=False, options=SamplerOptions(solver="dpm++2m"))
+    torch.testing.assert_close(full, euler - 0.6 * v(euler, 0.6), atol=1e-12, rtol=0)
+
+
+def test_every_solver_in_the_table_runs_and_sde_takes_only_euler():
+    for name in sampling.ODE_SOLVERS:
+        opts = SamplerOptions(solver=name)
+        x = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(1))
+        out = sampling.sample(lambda x, t, i: 0.5 * x, x, [1.0, 0.5, 0.0], turbo=False, options=opts,
+                              corrector=lambda x, t, i: 0.5 * x)
+        assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="solver"):
+        SamplerOptions(method="sde", solver="dpm++2m")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from acestep_core import sampling, tasks
+from acestep_core.behaviour import DIFFUSERS
 from acestep_core.generate import Guidance
 
 RATE, HOP = 48000, 1920
@@ -14,15 +15,15 @@ def test_latent_length_official_vs_diffusers():
     assert tasks.latent_length(7.77, RATE, HOP) == 195  # rounded to 0.1 s first
     assert tasks.latent_length(3, RATE, HOP) == 128  # official minimum
     assert tasks.latent_length(None, RATE, HOP) == 3000  # official fallback: 120 s
-    assert tasks.latent_length(3, RATE, HOP, "diffusers") == 75  # ceil(d * 25), no minimum
-    assert tasks.latent_length(7.77, RATE, HOP, "diffusers") == 195
+    assert tasks.latent_length(3, RATE, HOP, DIFFUSERS) == 75  # ceil(d * 25), no minimum
+    assert tasks.latent_length(7.77, RATE, HOP, DIFFUSERS) == 195
 
 
 def test_repaint_frames_and_clamping():
     assert tasks.repaint_frames(2.0, 4.0, 150, RATE, HOP) == (50, 100)
     assert tasks.repaint_frames(-1.0, 400.0, 150, RATE, HOP) == (0, 150)
     assert tasks.repaint_frames(149.9, 150.0, 150, RATE, HOP) == (149, 150)
-    assert tasks.repaint_frames(2.0, 4.0, 150, RATE, HOP, "diffusers") == (50, 100)
+    assert tasks.repaint_frames(2.0, 4.0, 150, RATE, HOP, DIFFUSERS) == (50, 100)
 
 
 def test_silence_tiling_restarts_at_frame_zero():
