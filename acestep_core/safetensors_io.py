@@ -210,12 +210,23 @@ def read_state_dict(folder: str | os.PathLike, stem: str) -> dict[str, torch.Ten
     raise CheckpointError(f"{single}: file not found")
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Write to a temporary name beside `path`, then rename: a crash never leaves a half-written file."""
+    """Write to a temporary name beside `path`, then rename: a crash never leaves a half-written file.
+
+    The file gets the permissions any new file gets under the umask (safetensors itself creates 0600).
+    """
     path = os.fspath(path)
     tmp = path + ".partial"
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

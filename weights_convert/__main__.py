@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     try:
         return _run(args, handlers)
     finally:
-        if argv is not None:
+        # A program that succeeded keeps ignoring signals to its exit; otherwise the old handlers return.
+        if not (argv is None and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
             for s, handler in previous.items():
                 signal.signal(s, handler)
 

@@ -288,9 +288,18 @@ def _convert_official(model_dir: str) -> Converted:
                      (model_dir, vae_dir, text_dir))
 
 
+# The released silence_latent.pt ([1, 64, 15000] float32) is 3.8 MB.
+SILENCE_PT_LIMIT = 64 << 20
+
+
 def _load_silence_pt(path: str) -> torch.Tensor:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f"{path}: file not found")
+    if not os.path.isfile(path):  # a device or FIFO behind the name would be read without end
+        raise CheckpointError(f"{path}: not a regular file")
+    if os.path.getsize(path) > SILENCE_PT_LIMIT:
+        raise CheckpointError(f"{path}: {os.path.getsize(path)} bytes, over the {SILENCE_PT_LIMIT >> 20} MiB limit "
+                              "for a silence latent")
     try:
         # weights_only=True: a plain tensor file never needs arbitrary unpickling.
         tensor = torch.load(path, map_location="cpu", weights_only=True)

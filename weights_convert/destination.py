@@ -24,7 +24,7 @@ import secrets
 import shutil
 import tempfile
 
-from acestep_core.safetensors_io import CONFIG_LIMIT, CheckpointError, read_text_bounded
+from acestep_core.safetensors_io import CONFIG_LIMIT, CheckpointError, current_umask, read_text_bounded
 
 from .keymaps import COMPONENTS, DIFFUSERS_FOLDERS
 
@@ -107,18 +107,12 @@ def check_destination(dst: str | os.PathLike, *, force: bool, sources=()) -> str
     return dst
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read the umask is to set it; restored at once
-    os.umask(mask)
-    return mask
-
-
 def make_temp_folder(dst: str) -> str:
     """A new hidden folder beside dst, with the permissions a plain mkdir would give (mkdtemp gives 0700)."""
     parent, name = os.path.split(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name[:100]}.", dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 
 

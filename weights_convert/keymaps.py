@@ -7,7 +7,9 @@ the rule says why). Every source key must match exactly one rule, and every para
 produced; `weights_convert.convert` enforces both and names the offending keys.
 
 Tensor transforms (weight-norm folding, the silence-latent transpose) are not here: they live in
-`transforms.py` and run before the renames.
+`transforms.py` and run before the renames. `invert_table` turns a table around (our name -> source name),
+for writing diffusers folders and for naming, in an error, the source key a missing parameter should have
+had. The component names and diffusers folder names are layout data too, so they live here as well.
 """
 
 from __future__ import annotations

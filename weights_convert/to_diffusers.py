@@ -12,7 +12,7 @@ The folder `AceStepPipeline.from_pretrained` reads:
     tokenizer/                tokenizer.json + tokenizer_config.json
     scheduler/                FlowMatchEulerDiscreteScheduler  scheduler_config.json
 
-Tensor names are the inverse of `keymaps.DIFFUSERS` (see `invert_table`), not a second table; every
+Tensor names are the inverse of `keymaps.DIFFUSERS` (see `keymaps.invert_table`), not a second table; every
 config.json is built from our `AceStepConfig`, the inverse of `configs.acestep_from_diffusers` and friends,
 so `python -m weights_convert` on the result gives back the same config and tensors, with two exceptions
 forced by the diffusers format: the VAE weights come back through weight-norm unfold + fold (equal to float
