@@ -3,6 +3,7 @@
 Reading (soundfile): any format libsndfile decodes, returned float32 channels-first [C, S]. Mono is
 duplicated to stereo; more channels than the model takes, or a sample rate other than the model's, is a
 ValueError naming the file (there is no resampler here on purpose: resample with e.g. ffmpeg or sox).
+So is a truncated file: fewer frames than its header declares are never read as a shorter song.
 
 Writing: `.wav` is 32-bit float (the pipeline's float32 samples, bit for bit), `.flac` is 24-bit PCM.
 The float WAV header is written here, not by libsndfile, because libsndfile adds a PEAK chunk holding
@@ -33,10 +34,20 @@ def read_audio(path: str | os.PathLike, sample_rate: int, channels: int = 2) -> 
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file not found")
     try:
-        # always_2d: mono files come back [S, 1] like the others, never [S].
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as f:
+            rate, declared = f.samplerate, f.frames
+            # always_2d: mono files come back [S, 1] like the others, never [S].
+            data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise ValueError(f"{path}: cannot read this audio file ({e})") from None
+    # libsndfile shortens a WAV whose data chunk runs past the end of the file to what is there, so its
+    # frame count alone does not reveal a truncated file: the RIFF header's own count does.
+    header_frames = _wav_declared_frames(path)
+    if header_frames is not None and header_frames > declared:
+        declared = header_frames
+    if data.shape[0] < declared:
+        raise ValueError(f"{path}: truncated: the header declares {declared} frames but only {data.shape[0]} "
+                         "could be read")
     if rate != sample_rate:
         raise ValueError(f"{path}: sample rate is {rate} Hz but the model needs {sample_rate} Hz; resample it first "
                          f"(e.g. `ffmpeg -i IN -ar {sample_rate} OUT.wav`)")
@@ -50,6 +61,36 @@ def read_audio(path: str | os.PathLike, sample_rate: int, channels: int = 2) -> 
         raise ValueError(f"{path}: contains NaN or infinite samples")
     # [S, C] -> [C, S]; contiguous so the VAE's first convolution gets a dense tensor.
     return torch.from_numpy(np.ascontiguousarray(data.T))
+
+
+def _wav_declared_frames(path: str) -> int | None:
+    """Frames a RIFF/WAVE file's 'data' chunk declares (its size / block align); None for other files.
+
+    Walks the chunk headers only (seeking over their bodies). A size of 0 or 0xFFFFFFFF (streamed WAVs,
+    RF64) declares nothing.
+    """
+    with open(path, "rb") as f:
+        riff = f.read(12)
+        if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if kind == b"fmt ":
+                fmt = f.read(min(size, 16))
+                if len(fmt) < 14:
+                    return None
+                block_align = struct.unpack("<H", fmt[12:14])[0]  # bytes per frame, all channels
+                f.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+            elif kind == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), os.SEEK_CUR)
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -101,6 +142,23 @@ def _encode(f, frames: np.ndarray, sample_rate: int, ext: str) -> None:
         sf.write(f, frames, sample_rate, format="FLAC", subtype="PCM_24")
 
 
+def name_max(folder: str) -> int:
+    """The longest file name, in bytes, that the file system holding `folder` takes (255 where unknown)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer for this folder
+        return 255
+    return limit if limit > 0 else 255
+
+
+def _temp_name(name: str, limit: int) -> str:
+    """The hidden `.NAME.XXXXXXXX.partial` name beside the output, NAME shortened so the whole fits `limit`."""
+    suffix = f".{secrets.token_hex(4)}.partial"
+    while len(os.fsencode("." + name + suffix)) > limit and len(name) > 1:
+        name = name[:-1]
+    return "." + name + suffix
+
+
 def _check_written(path: str, frames: np.ndarray, sample_rate: int, ext: str) -> None:
     """Read the file back with libsndfile: header fields, length, and every sample finite in [-1, 1]."""
     info = sf.info(path)
@@ -132,7 +190,7 @@ def write_audio(path: str | os.PathLike, audio, sample_rate: int) -> str:
     folder, name = os.path.split(path)
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: output folder does not exist")
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.partial")
+    tmp = os.path.join(folder, _temp_name(name, name_max(folder)))
     # O_EXCL: never write through an existing file or link; mode 0o666 lets the umask decide, as for any new file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

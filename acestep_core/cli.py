@@ -10,8 +10,9 @@ Without it, a tiny RANDOM demo model is written to the acestep-core cache ($ACES
 
 Every error prints one line `error: ...` and no traceback. Exit status: 0 done; 2 a bad argument or input
 file (nothing was generated); 1 anything else (a bad checkpoint, a failure while generating or writing);
-130 interrupted. Output files are written atomically (audio_io.write_audio): a failed or killed run never
-leaves a partial file under the output name.
+130 interrupted (the message names exactly the --batch outputs already written). Output files are written
+atomically (audio_io.write_audio): a failed or killed run never leaves a partial file under the output name.
+Once the last output is in place the run has succeeded: a SIGINT/SIGTERM arriving after that is ignored.
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ import sys
 import tempfile
 import time
 
+from .safetensors_io import read_text_bounded
+
 READ_RATE = 48000  # ACE-Step 1.5's VAE rate; input audio is read and checked at it before the model loads
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEFAULT_SECONDS = 10.0  # short enough for the CPU demo; the official minimum length is 5.12 s
 DEMO_NOTICE = "no checkpoint given: using a tiny RANDOM demo model; the output is noise"
+TEXT_FILE_LIMIT = 1 << 20  # @FILE arguments (lyrics, audio codes): real lyrics are a few KB
+# Text arguments checked to be valid UTF-8 (undecodable bytes on the command line reach Python as lone
+# surrogates, which the tokenizer rejects with an error that names no argument).
+_TEXT_FLAGS = (("--prompt", "prompt"), ("--lyrics", "lyrics"), ("--language", "language"), ("--key", "key"),
+               ("--time-signature", "time_signature"), ("--audio-codes", "audio_codes"),
+               ("--track-name", "track_name"), ("--complete-tracks", "complete_tracks"))
 
 
 class CliError(Exception):
@@ -100,18 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- inputs ------------------------------------------------------------------------------------------------
 
+def _check_utf8(value: str | None, flag: str) -> None:
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CliError(f"{flag}: not valid UTF-8 text (an undecodable byte at character {e.start})", 2) from None
+
+
 def _text_or_file(value: str | None, flag: str) -> str | None:
-    """TEXT, or the contents of FILE for "@FILE" (trailing whitespace and newlines removed)."""
+    """TEXT, or the contents of FILE for "@FILE" (trailing whitespace and newlines removed).
+
+    FILE must be a regular UTF-8 file of at most TEXT_FILE_LIMIT bytes, checked before it is read.
+    """
     if value is None or not value.startswith("@"):
         return value
-    path = value[1:]
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().rstrip()
-    except FileNotFoundError:
-        raise CliError(f"{flag}: {path}: file not found", 2) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"{flag}: {path}: cannot read it as UTF-8 text ({e})", 2) from None
+        return read_text_bounded(value[1:], TEXT_FILE_LIMIT, "text file").rstrip()
+    except ValueError as e:
+        raise CliError(f"{flag}: {e}", 2) from None
 
 
 def _output_paths(out: str, batch: int) -> list[str]:
@@ -132,9 +149,15 @@ def _output_paths(out: str, batch: int) -> list[str]:
     else:
         stem = out[: -len(ext)]
         paths = [f"{stem}_{i}{ext}" for i in range(batch)]
+    # Checked now, not after minutes of compute: each name must fit the file system.
+    limit = audio_io.name_max(folder)
     for p in paths:
         if os.path.isdir(p):
             raise CliError(f"--out: {p} is a folder", 2)
+        size = len(os.fsencode(os.path.basename(p)))
+        if size > limit:
+            raise CliError(f"--out: the file name {os.path.basename(p)[:40]}... is {size} bytes, over the "
+                           f"{limit}-byte limit of this file system", 2)
     return paths
 
 
@@ -170,6 +193,8 @@ def _read_inputs(args) -> dict:
         raise CliError("--variant needs --checkpoint (the demo model has no variants)", 2)
     inputs = {"lyrics": _text_or_file(args.lyrics, "--lyrics"),
               "audio_codes": _text_or_file(args.audio_codes, "--audio-codes")}
+    for flag, key in _TEXT_FLAGS:  # the texts themselves: an @FILE's name may be any bytes, its text not
+        _check_utf8(inputs[key] if key in inputs else getattr(args, key), flag)
     for flag, key in (("--src-audio", "src_audio"), ("--reference-audio", "reference_audio")):
         path = getattr(args, key)
         if path is None:
@@ -256,9 +281,7 @@ def generate(args) -> int:
         result = pipe(**kwargs, progress=True)
 
     t0 = time.perf_counter()
-    written = []
-    for path, audio in zip(inputs["out"], result.audios):
-        written.append(audio_io.write_audio(path, audio, result.sample_rate))
+    written = _write_outputs(inputs["out"], result.audios, result.sample_rate)
     timings = {"load": load_seconds, **result.timings, "write": time.perf_counter() - t0}
 
     seconds = result.audios.shape[-1] / result.sample_rate
@@ -270,20 +293,67 @@ def generate(args) -> int:
     return 0
 
 
+def _identity(path: str):
+    """What a path is on disk now: a write (a rename of a new file) always changes it; None when absent."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _write_outputs(paths: list[str], audios, sample_rate: int) -> list[str]:
+    """Write every output; an interruption names exactly which were written.
+
+    Whether a file was written is read from the disk (a new file was renamed over the path), not from how
+    far the loop got: a signal can arrive between the rename and the next line. When every output is in
+    place the interruption came too late to stop anything, and the run succeeds.
+    """
+    from . import audio_io
+
+    before = {p: _identity(p) for p in paths}
+    try:
+        written = [audio_io.write_audio(p, audio, sample_rate) for p, audio in zip(paths, audios)]
+        _ignore_signals()
+        return written
+    except KeyboardInterrupt:
+        written = [p for p in paths if _identity(p) != before[p]]
+        if len(written) < len(paths):
+            kept = [p for p in paths if p not in written]
+            done = f"wrote {', '.join(written)}" if written else "no output was written"
+            raise CliError(f"interrupted; {done}; not written (left as they were): {', '.join(kept)}", 130) from None
+        _ignore_signals()
+        return written
+
+
+def _ignore_signals() -> None:
+    """Every output is in place: a SIGINT/SIGTERM from here to the exit must not turn success into failure."""
+    if _main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+
+
 class _OneLine(logging.Formatter):
     def format(self, record):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `acestep` and `python -m acestep_core`; returns the exit status."""
+    """Entry point of `acestep` and `python -m acestep_core`; returns the exit status.
+
+    Called without argv (as the program), a success leaves SIGINT/SIGTERM ignored up to the process exit
+    (see _ignore_signals). Called with argv (in-process), the previous handlers are restored on return.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
     loggers = [logging.getLogger(n) for n in ("acestep_core", "weights_convert")]
     for lg in loggers:
         lg.addHandler(handler)
+    as_program = argv is None
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
     # SIGTERM (kill, a job scheduler) ends the run like Ctrl-C, so temporary files are removed on the way out.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    if previous:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "parity":
         # A separate package: it imports the reference implementation, which acestep_core never does.
@@ -298,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         return generate(args)
     except CliError as e:
         return _fail(str(e), e.status)
-    except KeyboardInterrupt:
-        return _fail("interrupted; no partial output was left", 130)
+    except KeyboardInterrupt:  # before any output was written (_write_outputs reports the writes)
+        return _fail("interrupted; no output was written", 130)
     except (ValueError, TypeError) as e:
         # CheckpointError / ConfigError (both ValueError) and errors raised while generating.
         return _fail(str(e), 1)
@@ -315,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        # A program that succeeded keeps ignoring signals to its exit; otherwise the old handlers return.
+        if previous and not (as_program and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def _fail(message: str, status: int) -> int:

@@ -21,6 +21,8 @@ import os
 import typing
 from dataclasses import dataclass
 
+from .safetensors_io import CONFIG_LIMIT, read_text_bounded
+
 FORMAT_VERSION = 2  # 2: pipeline.padding_side (the text tokenizer's configured side)
 ATTENTION_KINDS = ("full", "sliding")
 PADDING_SIDES = ("left", "right")
@@ -282,10 +284,11 @@ def load_config(path: str | os.PathLike) -> AceStepConfig:
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        text = read_text_bounded(path, CONFIG_LIMIT, "config file")
+    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8
+        raise ConfigError(str(e)) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict):

@@ -25,11 +25,23 @@ import os
 import torch
 from tokenizers import Tokenizer
 
+from .safetensors_io import TOKENIZER_LIMIT, read_text_bounded
+
 log = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|endoftext|>"
 CAPTION_MAX_TOKENS = 256
 LYRIC_MAX_TOKENS = 2048
+
+
+def parse_tokenizer(text: str, path: str) -> Tokenizer:
+    """The text of a tokenizer.json (read with `read_text_bounded`) -> a Tokenizer; errors are one line."""
+    if not text.strip():
+        raise ValueError(f"{path}: the tokenizer file is empty")
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as e:  # the tokenizers library raises a bare Exception with serde's message
+        raise ValueError(f"{path}: not a valid tokenizer.json ({str(e).strip().splitlines()[0][:200]})") from None
 
 
 class TextTokenizer:
@@ -40,9 +52,11 @@ class TextTokenizer:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
-        if not os.path.isfile(path):
-            raise ValueError(f"path must be a tokenizer.json file or a folder holding one, not found: {path}")
-        self.tokenizer = Tokenizer.from_file(path)
+        try:
+            text = read_text_bounded(path, TOKENIZER_LIMIT, "tokenizer file")
+        except ValueError as e:
+            raise ValueError(f"path must be a tokenizer.json file or a folder holding one: {e}") from None
+        self.tokenizer = parse_tokenizer(text, path)
         vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
         if pad_token_id is None:
             pad_token_id = self.tokenizer.token_to_id(PAD_TOKEN)

@@ -13,7 +13,10 @@ Our layout, one folder:
 
 Every source key must match exactly one rule of `keymaps.TABLES`, every parameter of our module must be
 produced, and every shape must equal what the config implies; anything else is a `ConversionError`
-naming the keys.
+naming the key both as the source file spells it and as we do ("source key X (ours Y)"): the renaming
+records where each of our keys came from (`Converted.origins`).
+
+Writing goes through `destination.py`: which folders may be written or replaced, and the atomic swap.
 """
 
 from __future__ import annotations
@@ -23,19 +26,27 @@ import logging
 import os
 import re
 import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from acestep_core.config import AceStepConfig, save_config
-from acestep_core.safetensors_io import CheckpointError, read_state_dict, write_safetensors
+from acestep_core.safetensors_io import (
+    CONFIG_LIMIT,
+    TOKENIZER_LIMIT,
+    CheckpointError,
+    read_state_dict,
+    read_text_bounded,
+    write_safetensors,
+)
+from acestep_core.text import parse_tokenizer
 
 from . import configs, keymaps, transforms
+from .destination import check_destination, make_temp_folder, replace_folder
+from .keymaps import COMPONENTS, DIFFUSERS_FOLDERS
 
 log = logging.getLogger("weights_convert")
 
-COMPONENTS = ("text_encoder", "vae", "dit", "condition", "audio_tokenizer", "audio_detokenizer")
 # The four ACE-Step components share the official model.safetensors.
 _OFFICIAL_SHARED = ("dit", "condition", "audio_tokenizer", "audio_detokenizer")
 
@@ -57,10 +68,15 @@ def _compile(table):
     return rules
 
 
-def rename_keys(state_dict: dict, tables: dict[str, list], where: str) -> dict[str, dict[str, torch.Tensor]]:
-    """Route each key through the rules of `tables` (component -> rules); returns component -> renamed dict."""
+def rename_keys(state_dict: dict, tables: dict[str, list], where: str,
+                origins: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Route each key through the rules of `tables` (component -> rules); returns component -> renamed dict.
+
+    origins: filled with component -> {new key: source key}, so later errors can name the source key.
+    """
     compiled = {name: _compile(t) for name, t in tables.items()}
     out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in tables}
+    came_from: dict[str, dict[str, str]] = {name: {} for name in tables}
     unmatched, ambiguous = [], []
     for key, tensor in state_dict.items():
         hits = [(name, rx, dst) for name, rules in compiled.items() for rx, dst, _ in rules if rx.match(key)]
@@ -79,51 +95,83 @@ def rename_keys(state_dict: dict, tables: dict[str, list], where: str) -> dict[s
             raise ConversionError(f"{where}: source key {key!r} (ours {new_key!r}) holds non-finite values "
                                   "(NaN or inf)")
         if new_key in out[name]:
-            raise ConversionError(f"{where}: two source keys map to {new_key!r}")
+            raise ConversionError(f"{where}: source keys {came_from[name][new_key]!r} and {key!r} both map to "
+                                  f"{new_key!r}")
         out[name][new_key] = tensor
+        came_from[name][new_key] = key
     if unmatched:
         raise ConversionError(f"{where}: unknown key {unmatched[0]!r}" + (f" (+{len(unmatched) - 1} more)" if len(unmatched) > 1 else ""))
     if ambiguous:
         raise ConversionError(f"{where}: key {ambiguous[0]!r} matches several rules")
+    if origins is not None:
+        for name, mapping in came_from.items():
+            origins.setdefault(name, {}).update(mapping)
     return out
 
 
 def convert_component(state_dict: dict[str, torch.Tensor], source: str, component: str,
-                      where: str = "<state dict>") -> dict[str, torch.Tensor]:
+                      where: str = "<state dict>", origins: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Rename (and transform) one component's source tensors into our names.
 
     source: "official" (for dit/condition/audio_tokenizer/audio_detokenizer, the whole official model.safetensors;
     keys of the other three components are routed away), "diffusers" (that component's own state dict) or
     "transformers" (text encoder only).
+    origins: filled with {our key: source key} ("A + B" for a folded weight-norm pair).
     """
     if source not in keymaps.TABLES or component not in keymaps.TABLES[source]:
         raise ValueError(f"no key map for source={source!r}, component={component!r}")
+    folded: dict[str, str] = {}
     if component == "vae":
         try:
-            state_dict = transforms.fold_all_weight_norms(state_dict)
+            state_dict = transforms.fold_all_weight_norms(state_dict, folded)
         except KeyError as e:
             raise ConversionError(f"{where}: {e.args[0]}") from None
     if source == "official" and component in _OFFICIAL_SHARED:
         tables = {name: keymaps.TABLES["official"][name] for name in _OFFICIAL_SHARED}
     else:
         tables = {component: keymaps.TABLES[source][component]}
-    return rename_keys(state_dict, tables, where)[component]
+    came_from: dict[str, dict[str, str]] = {}
+    out = rename_keys(state_dict, tables, where, came_from)[component]
+    if origins is not None:
+        origins.update({ours: folded.get(src, src) for ours, src in came_from[component].items()})
+    return out
 
 
-def check_against_config(tensors: dict[str, torch.Tensor], component: str, config: AceStepConfig, where: str) -> None:
-    """Every parameter our module has is present with the shape the config implies, and nothing else."""
+def source_key(component: str, key: str, origins: dict[str, str] | None, source: str | None) -> str:
+    """How the error messages name our `key`: "source key X (ours Y)" when the source name is known."""
+    src = (origins or {}).get(key)
+    if src is None and source in keymaps.TABLES and component in keymaps.TABLES[source]:
+        # A key the source lacks: spell the name it would have had, by the inverse rules.
+        for rx, dst, _ in _compile(keymaps.invert_table(keymaps.TABLES[source][component])):
+            if rx.match(key):
+                src = rx.sub(dst, key)
+                break
+    return f"key {key!r}" if src is None or src == key else f"source key {src!r} (ours {key!r})"
+
+
+def check_against_config(tensors: dict[str, torch.Tensor], component: str, config: AceStepConfig, where: str,
+                         origins: dict[str, str] | None = None, source: str | None = None) -> None:
+    """Every parameter our module has is present, real floating point, with the shape the config implies,
+    and nothing else. origins / source (see `source_key`) let each message name the source key too."""
     from acestep_core.loading import expected_shapes
+
+    def name(key):
+        return source_key(component, key, origins, source)
 
     expected = expected_shapes(component, config)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing:
-        raise ConversionError(f"{where}: missing key {missing[0]!r} for {component}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise ConversionError(f"{where}: missing {name(missing[0])} for {component}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
     if extra:
-        raise ConversionError(f"{where}: unexpected key {extra[0]!r} for {component}")
+        raise ConversionError(f"{where}: unexpected {name(extra[0])} for {component}")
     for key, shape in expected.items():
-        if tuple(tensors[key].shape) != shape:
-            raise ConversionError(f"{where}: {component} key {key!r} has shape {tuple(tensors[key].shape)}, "
+        tensor = tensors[key]
+        if tensor.is_complex() or not tensor.is_floating_point():
+            raise ConversionError(f"{where}: {component} {name(key)} has dtype {tensor.dtype}; weights must be "
+                                  "real floating point")
+        if tuple(tensor.shape) != shape:
+            raise ConversionError(f"{where}: {component} {name(key)} has shape {tuple(tensor.shape)}, "
                                   f"the config implies {shape}")
 
 
@@ -136,15 +184,20 @@ class Converted:
     silence_latent: torch.Tensor  # [1, T, 64]
     tokenizer_json: str  # path to the source tokenizer.json
     source: str
+    # component -> {our key: the key in the source file}, for error messages.
+    origins: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The files and folders read; a destination may not equal, contain or lie inside any of them.
+    inputs: tuple[str, ...] = ()
 
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
+        text = read_text_bounded(path, CONFIG_LIMIT, "config file")
+    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8
+        raise CheckpointError(str(e)) from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
@@ -192,13 +245,26 @@ def _padding_side(tokenizer_json: str) -> str:
     return side
 
 
-def _pad_id(tokenizer_json: str) -> int:
-    from tokenizers import Tokenizer
-
+def load_tokenizer(tokenizer_json: str):
+    """A bounded read of tokenizer.json -> a tokenizers.Tokenizer; every failure a one-line CheckpointError."""
     try:
-        tok = Tokenizer.from_file(tokenizer_json)
-    except Exception as e:
-        raise CheckpointError(f"{tokenizer_json}: cannot load the tokenizer ({e})") from None
+        return parse_tokenizer(read_text_bounded(tokenizer_json, TOKENIZER_LIMIT, "tokenizer file"), tokenizer_json)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def copy_tokenizer(tokenizer_json: str, dst: str) -> None:
+    """Copy tokenizer.json byte for byte, through the same bounded read (never an endless device)."""
+    try:
+        text = read_text_bounded(tokenizer_json, TOKENIZER_LIMIT, "tokenizer file")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    with open(dst, "w", encoding="utf-8", newline="") as f:  # newline="": no line-ending translation
+        f.write(text)
+
+
+def _pad_id(tokenizer_json: str) -> int:
+    tok = load_tokenizer(tokenizer_json)
     pad = tok.token_to_id("<|endoftext|>")
     if pad is None:
         raise CheckpointError(f"{tokenizer_json}: the tokenizer has no <|endoftext|> pad token")
@@ -222,19 +288,33 @@ def _convert_official(model_dir: str) -> Converted:
 
     model_sd = read_state_dict(model_dir, "model")
     where = os.path.join(model_dir, "model.safetensors")
-    components = {name: convert_component(model_sd, "official", name, where) for name in _OFFICIAL_SHARED}
+    origins = {name: {} for name in COMPONENTS}
+    components = {name: convert_component(model_sd, "official", name, where, origins[name])
+                  for name in _OFFICIAL_SHARED}
     components["text_encoder"] = convert_component(read_state_dict(text_dir, "model"), "official", "text_encoder",
-                                                   os.path.join(text_dir, "model.safetensors"))
+                                                   os.path.join(text_dir, "model.safetensors"),
+                                                   origins["text_encoder"])
     components["vae"] = convert_component(read_state_dict(vae_dir, "diffusion_pytorch_model"), "official", "vae",
-                                          os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"))
+                                          os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"),
+                                          origins["vae"])
     silence_path = os.path.join(model_dir, "silence_latent.pt")
     silence = _load_silence_pt(silence_path)
-    return Converted(config, components, silence, tokenizer_json, "official")
+    return Converted(config, components, silence, tokenizer_json, "official", origins,
+                     (model_dir, vae_dir, text_dir))
+
+
+# The released silence_latent.pt ([1, 64, 15000] float32) is 3.8 MB.
+SILENCE_PT_LIMIT = 64 << 20
 
 
 def _load_silence_pt(path: str) -> torch.Tensor:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f"{path}: file not found")
+    if not os.path.isfile(path):  # a device or FIFO behind the name would be read without end
+        raise CheckpointError(f"{path}: not a regular file")
+    if os.path.getsize(path) > SILENCE_PT_LIMIT:
+        raise CheckpointError(f"{path}: {os.path.getsize(path)} bytes, over the {SILENCE_PT_LIMIT >> 20} MiB limit "
+                              "for a silence latent")
     try:
         # weights_only=True: a plain tensor file never needs arbitrary unpickling.
         tensor = torch.load(path, map_location="cpu", weights_only=True)
@@ -248,16 +328,6 @@ def _load_silence_pt(path: str) -> torch.Tensor:
         raise CheckpointError(str(e)) from None
 
 
-DIFFUSERS_FOLDERS = {
-    "dit": ("transformer", "diffusion_pytorch_model"),
-    "condition": ("condition_encoder", "diffusion_pytorch_model"),
-    "audio_tokenizer": ("audio_tokenizer", "diffusion_pytorch_model"),
-    "audio_detokenizer": ("audio_token_detokenizer", "diffusion_pytorch_model"),
-    "vae": ("vae", "diffusion_pytorch_model"),
-    "text_encoder": ("text_encoder", "model"),
-}
-
-
 def _convert_diffusers(root: str) -> Converted:
     def cfg(folder):
         return _read_json(os.path.join(root, folder, "config.json"))
@@ -268,7 +338,7 @@ def _convert_diffusers(root: str) -> Converted:
     vae_c = configs.oobleck_from_diffusers(cfg("vae"), os.path.join(root, "vae", "config.json"))
     tokenizer_json = os.path.join(root, "tokenizer", "tokenizer.json")
     config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json), _padding_side(tokenizer_json)))
-    components, silence = {}, None
+    components, silence, origins = {}, None, {name: {} for name in COMPONENTS}
     for name, (folder, stem) in DIFFUSERS_FOLDERS.items():
         sd = read_state_dict(os.path.join(root, folder), stem)
         where = os.path.join(root, folder, stem + ".safetensors")
@@ -276,8 +346,8 @@ def _convert_diffusers(root: str) -> Converted:
             if "silence_latent" not in sd:
                 raise ConversionError(f"{where}: missing key 'silence_latent'")
             silence = sd["silence_latent"]
-        components[name] = convert_component(sd, "diffusers", name, where)
-    return Converted(config, components, silence, tokenizer_json, "diffusers")
+        components[name] = convert_component(sd, "diffusers", name, where, origins[name])
+    return Converted(config, components, silence, tokenizer_json, "diffusers", origins, (root,))
 
 
 def convert_checkpoint(path: str, variant: str | None = None) -> Converted:
@@ -286,8 +356,10 @@ def convert_checkpoint(path: str, variant: str | None = None) -> Converted:
     if layout == "ours":
         raise CheckpointError(f"{root}: already in our layout; nothing to convert")
     conv = _convert_official(root) if layout == "official" else _convert_diffusers(root)
+    conv.inputs = (os.path.abspath(os.fspath(path)), *conv.inputs)
     for name in COMPONENTS:
-        check_against_config(conv.components[name], name, conv.config, f"{root} ({layout})")
+        check_against_config(conv.components[name], name, conv.config, f"{root} ({layout})", conv.origins.get(name),
+                             layout)
     if conv.silence_latent.dim() != 3 or conv.silence_latent.shape[-1] != conv.config.dit.latent_dim:
         raise ConversionError(f"{root}: silence latent has shape {tuple(conv.silence_latent.shape)}, "
                               f"expected [1, T, {conv.config.dit.latent_dim}]")
@@ -298,14 +370,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, force: bool = False, progress=None) -> None:
-    """Write `conv` to `dst` atomically: a temporary folder beside dst, renamed at the very end."""
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and not force:
-        raise CheckpointError(f"{dst}: already exists (use --force to replace it)")
+    """Write `conv` to `dst` atomically: a temporary folder beside dst, swapped in at the very end.
+
+    dst is checked first (`destination.check_destination`): never a source, the current or home folder,
+    a file or a link; an existing folder only with force, and only one this tool wrote.
+    """
+    dst = check_destination(dst, force=force, sources=(*conv.inputs, conv.tokenizer_json))
     target_dtype = DTYPES[dtype] if dtype else None
-    parent = os.path.dirname(dst) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", dir=parent)
+    tmp = make_temp_folder(dst)
     try:
         save_config(conv.config, os.path.join(tmp, "config.json"))
         for name in COMPONENTS:
@@ -317,10 +389,8 @@ def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, for
             if progress is not None:
                 progress(name)
         write_safetensors({"silence_latent": conv.silence_latent}, os.path.join(tmp, "silence_latent.safetensors"))
-        shutil.copyfile(conv.tokenizer_json, os.path.join(tmp, "tokenizer.json"))
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        copy_tokenizer(conv.tokenizer_json, os.path.join(tmp, "tokenizer.json"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_folder(tmp, dst)

@@ -7,10 +7,25 @@ the rule says why). Every source key must match exactly one rule, and every para
 produced; `weights_convert.convert` enforces both and names the offending keys.
 
 Tensor transforms (weight-norm folding, the silence-latent transpose) are not here: they live in
-`transforms.py` and run before the renames.
+`transforms.py` and run before the renames. `invert_table` turns a table around (our name -> source name),
+for writing diffusers folders and for naming, in an error, the source key a missing parameter should have
+had. The component names and diffusers folder names are layout data too, so they live here as well.
 """
 
 from __future__ import annotations
+
+# Our components, one safetensors file each in our layout.
+COMPONENTS = ("text_encoder", "vae", "dit", "condition", "audio_tokenizer", "audio_detokenizer")
+
+# Our component -> (folder, file stem) in a diffusers AceStepPipeline folder.
+DIFFUSERS_FOLDERS = {
+    "dit": ("transformer", "diffusion_pytorch_model"),
+    "condition": ("condition_encoder", "diffusion_pytorch_model"),
+    "audio_tokenizer": ("audio_tokenizer", "diffusion_pytorch_model"),
+    "audio_detokenizer": ("audio_token_detokenizer", "diffusion_pytorch_model"),
+    "vae": ("vae", "diffusion_pytorch_model"),
+    "text_encoder": ("text_encoder", "model"),
+}
 
 # --- building blocks -------------------------------------------------------------------------------------
 
@@ -153,3 +168,33 @@ TABLES = {
     "diffusers": {**DIFFUSERS, "text_encoder": TRANSFORMERS_QWEN3, "vae": OOBLECK},
     "transformers": {"text_encoder": TRANSFORMERS_QWEN3},
 }
+
+
+# --- the inverse direction: our name -> source name ---------------------------------------------------------
+
+# The two regex tables preserve names: TRANSFORMERS_QWEN3 only drops an optional `model.` prefix (a Qwen3Model,
+# which diffusers' text_encoder is, has none) and OOBLECK passes every name through. Their inverse is
+# therefore the identity, written here as a rule.
+_IDENTITY_INVERSES = (TRANSFORMERS_QWEN3, OOBLECK)
+_IDENTITY = [("re:^(.+)$", "\\1")]
+
+
+def invert_table(table: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    """Our name -> source name rules: swap the two templates of each `{}` rule.
+
+    Rules whose target is None drop a source key on purpose and have no inverse; the one such key diffusers
+    needs back, the condition encoder's `silence_latent`, is added by `to_diffusers.diffusers_state_dicts`.
+    """
+    if any(table is t for t in _IDENTITY_INVERSES):
+        return list(_IDENTITY)
+    inverted = []
+    for src, dst in table:
+        if src.startswith("re:"):
+            raise ValueError(f"a regex rule has no mechanical inverse: {src!r}; add its table to _IDENTITY_INVERSES "
+                             "only if it preserves names")
+        if dst is None:
+            continue
+        if src.count("{}") != dst.count("{}"):
+            raise ValueError(f"rule {src!r} -> {dst!r}: both sides need the same number of '{{}}'")
+        inverted.append((dst, src))
+    return inverted

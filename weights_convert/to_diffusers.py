@@ -12,7 +12,7 @@ The folder `AceStepPipeline.from_pretrained` reads:
     tokenizer/                tokenizer.json + tokenizer_config.json
     scheduler/                FlowMatchEulerDiscreteScheduler  scheduler_config.json
 
-Tensor names are the inverse of `keymaps.DIFFUSERS` (see `invert_table`), not a second table; every
+Tensor names are the inverse of `keymaps.DIFFUSERS` (see `keymaps.invert_table`), not a second table; every
 config.json is built from our `AceStepConfig`, the inverse of `configs.acestep_from_diffusers` and friends,
 so `python -m weights_convert` on the result gives back the same config and tensors, with two exceptions
 forced by the diffusers format: the VAE weights come back through weight-norm unfold + fold (equal to float
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 
 import torch
 
@@ -33,18 +32,20 @@ from acestep_core.config import AceStepConfig, load_config
 from acestep_core.safetensors_io import CheckpointError, read_safetensors, write_safetensors
 
 from . import keymaps
-from .transforms import unfold_all_weight_norms
 from .convert import (
-    DIFFUSERS_FOLDERS,
     DTYPES,
-    COMPONENTS,
     ConversionError,
     Converted,
-    rename_keys,
     check_against_config,
     convert_checkpoint,
+    copy_tokenizer,
     detect_layout,
+    load_tokenizer,
+    rename_keys,
 )
+from .destination import MARKER, MARKER_CONTENT, check_destination, make_temp_folder, replace_folder
+from .keymaps import COMPONENTS, DIFFUSERS_FOLDERS, invert_table
+from .transforms import unfold_all_weight_norms
 
 log = logging.getLogger("weights_convert")
 
@@ -69,36 +70,6 @@ _ATTENTION_NAMES = {"sliding": "sliding_attention", "full": "full_attention"}
 # AceStepConditionEncoder registers its `silence_latent` buffer with exactly this many frames (10 minutes at
 # 25 Hz, the length of the released silence_latent.pt) and from_pretrained rejects any other length.
 DIFFUSERS_SILENCE_FRAMES = 15000
-
-
-# --- names --------------------------------------------------------------------------------------------------
-
-# The two regex tables of keymaps preserve names: TRANSFORMERS_QWEN3 only drops an optional `model.` prefix
-# (a Qwen3Model, which diffusers' text_encoder is, has none) and OOBLECK passes every name through.
-# Their inverse is therefore the identity, written here as a rule.
-_IDENTITY_INVERSES = (keymaps.TRANSFORMERS_QWEN3, keymaps.OOBLECK)
-_IDENTITY = [("re:^(.+)$", "\\1")]
-
-
-def invert_table(table: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
-    """Our name -> source name rules: swap the two templates of each `{}` rule.
-
-    Rules whose target is None drop a source key on purpose and have no inverse; the one such key diffusers
-    needs back, the condition encoder's `silence_latent`, is added by `diffusers_state_dicts`.
-    """
-    if any(table is t for t in _IDENTITY_INVERSES):
-        return list(_IDENTITY)
-    inverted = []
-    for src, dst in table:
-        if src.startswith("re:"):
-            raise ValueError(f"a regex rule has no mechanical inverse: {src!r}; add its table to _IDENTITY_INVERSES "
-                             "only if it preserves names")
-        if dst is None:
-            continue
-        if src.count("{}") != dst.count("{}"):
-            raise ValueError(f"rule {src!r} -> {dst!r}: both sides need the same number of '{{}}'")
-        inverted.append((dst, src))
-    return inverted
 
 
 def silence_for_diffusers(silence: torch.Tensor) -> torch.Tensor:
@@ -225,12 +196,7 @@ def text_encoder_config(config: AceStepConfig) -> dict:
 
 
 def tokenizer_config(config: AceStepConfig, tokenizer_json: str) -> dict:
-    from tokenizers import Tokenizer
-
-    try:
-        tok = Tokenizer.from_file(tokenizer_json)
-    except Exception as e:
-        raise CheckpointError(f"{tokenizer_json}: cannot load the tokenizer ({e})") from None
+    tok = load_tokenizer(tokenizer_json)
     pad = tok.id_to_token(config.pipeline.pad_token_id)
     if pad is None:
         raise CheckpointError(f"{tokenizer_json}: has no token with the pad id {config.pipeline.pad_token_id}")
@@ -293,9 +259,8 @@ def _load_ours(root: str) -> Converted:
     if "silence_latent" not in silence:
         raise CheckpointError(f"{silence_path}: missing key 'silence_latent'")
     tokenizer_json = os.path.join(root, "tokenizer.json")
-    if not os.path.isfile(tokenizer_json):
-        raise CheckpointError(f"{tokenizer_json}: file not found")
-    return Converted(config, components, silence["silence_latent"], tokenizer_json, "ours")
+    load_tokenizer(tokenizer_json)  # fails now, with one line, rather than after the tensors are written
+    return Converted(config, components, silence["silence_latent"], tokenizer_json, "ours", inputs=(root,))
 
 
 def read_source(src, variant: str | None = None) -> Converted:
@@ -310,10 +275,13 @@ def read_source(src, variant: str | None = None) -> Converted:
     if isinstance(src, LoadedCheckpoint):
         # Module state dicts may sit on an accelerator; safetensors writes from CPU memory.
         components = {c: {k: v.detach().cpu() for k, v in m.state_dict().items()} for c, m in src.modules.items()}
-        return Converted(src.config, components, src.silence_latent.detach().cpu(), src.tokenizer_json, "loaded")
+        return Converted(src.config, components, src.silence_latent.detach().cpu(), src.tokenizer_json, "loaded",
+                         inputs=(os.path.dirname(os.path.abspath(src.tokenizer_json)),))
     if isinstance(src, (str, os.PathLike)):
         layout, root = detect_layout(os.fspath(src), variant)
-        return _load_ours(root) if layout == "ours" else convert_checkpoint(os.fspath(src), variant)
+        conv = _load_ours(root) if layout == "ours" else convert_checkpoint(os.fspath(src), variant)
+        conv.inputs = (os.path.abspath(os.fspath(src)), *conv.inputs)
+        return conv
     raise ValueError(f"src must be a checkpoint folder path, a Converted or a LoadedCheckpoint, "
                      f"got {type(src).__name__}")
 
@@ -333,17 +301,19 @@ def write_diffusers(src, dst: str | os.PathLike, *, force: bool = False, dtype: 
     latent (kept at its source precision, as `write_checkpoint` does); None keeps the source dtypes.
     (To pick a model from an official checkpoints/ folder that holds several, pass `read_source(path, variant)`.)
     progress: called with each component name once its file is written.
-    Written atomically: a temporary folder beside dst, renamed at the very end; an existing dst is an
-    error unless force.
+    Written atomically: a temporary folder beside dst, swapped in at the very end. dst is checked first and
+    again once the source is read (`destination.check_destination`): an existing dst is an error unless
+    force, and force replaces only a folder this tool wrote.
     """
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
-    dst = os.path.abspath(os.fspath(dst))
-    if os.path.exists(dst) and not force:
-        raise CheckpointError(f"{dst}: already exists (use --force to replace it)")
+    sources = (src,) if isinstance(src, (str, os.PathLike)) else ()
+    check_destination(dst, force=force, sources=sources)
     conv = read_source(src)
+    dst = check_destination(dst, force=force, sources=(*conv.inputs, conv.tokenizer_json))
     for name in COMPONENTS:
-        check_against_config(conv.components[name], name, conv.config, f"<{conv.source} checkpoint>")
+        check_against_config(conv.components[name], name, conv.config, f"<{conv.source} checkpoint>",
+                             conv.origins.get(name), conv.source)
     if conv.silence_latent.dim() != 3 or conv.silence_latent.shape[-1] != conv.config.condition.timbre_hidden_dim:
         raise ConversionError(f"silence latent has shape {tuple(conv.silence_latent.shape)}, "
                               f"expected [1, T, {conv.config.condition.timbre_hidden_dim}]")
@@ -353,17 +323,16 @@ def write_diffusers(src, dst: str | os.PathLike, *, force: bool = False, dtype: 
         target = DTYPES[dtype]
         conv = Converted(conv.config, {c: {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
                                        for c, sd in conv.components.items()},
-                         conv.silence_latent, conv.tokenizer_json, conv.source)
+                         conv.silence_latent, conv.tokenizer_json, conv.source, conv.origins, conv.inputs)
     state_dicts = diffusers_state_dicts(conv)
     configs = {"dit": transformer_config, "condition": condition_encoder_config,
                "audio_tokenizer": audio_tokenizer_config, "audio_detokenizer": audio_detokenizer_config,
                "vae": vae_config, "text_encoder": text_encoder_config}
 
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".", dir=parent)
+    tmp = make_temp_folder(dst)
     try:
         _write_json(model_index(), os.path.join(tmp, "model_index.json"))
+        _write_json(MARKER_CONTENT, os.path.join(tmp, MARKER))  # lets a later --force recognise the folder
         for name in COMPONENTS:
             folder, stem = DIFFUSERS_FOLDERS[name]
             os.makedirs(os.path.join(tmp, folder))
@@ -373,15 +342,13 @@ def write_diffusers(src, dst: str | os.PathLike, *, force: bool = False, dtype: 
             if progress is not None:
                 progress(name)
         os.makedirs(os.path.join(tmp, "tokenizer"))
-        shutil.copyfile(conv.tokenizer_json, os.path.join(tmp, "tokenizer", "tokenizer.json"))
+        copy_tokenizer(conv.tokenizer_json, os.path.join(tmp, "tokenizer", "tokenizer.json"))
         _write_json(tokenizer_config(conv.config, conv.tokenizer_json),
                     os.path.join(tmp, "tokenizer", "tokenizer_config.json"))
         os.makedirs(os.path.join(tmp, "scheduler"))
         _write_json(scheduler_config(), os.path.join(tmp, "scheduler", "scheduler_config.json"))
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_folder(tmp, dst)
     return conv

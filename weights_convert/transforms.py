@@ -17,22 +17,24 @@ def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Te
     return (weight_g.float() * v / norm).to(weight_v.dtype)
 
 
-def fold_all_weight_norms(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fold_all_weight_norms(state_dict: dict[str, torch.Tensor],
+                          origins: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Replace every `X.weight_g`/`X.weight_v` pair by `X.weight`; a lone half is an error.
 
     Newer diffusers checkpoints may instead use torch parametrizations
     (`X.parametrizations.weight.original0/original1`); they are folded the same way.
+    origins: filled with {"X.weight": "X.weight_g + X.weight_v"} (the source names) for error messages.
     """
     out: dict[str, torch.Tensor] = {}
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     for key, tensor in state_dict.items():
         for g_suffix, v_suffix in ((".weight_g", ".weight_v"),
                                    (".parametrizations.weight.original0", ".parametrizations.weight.original1")):
             if key.endswith(g_suffix):
-                pairs.setdefault(key[: -len(g_suffix)], {})["g"] = tensor
+                pairs.setdefault(key[: -len(g_suffix)], {})["g"] = (key, tensor)
                 break
             if key.endswith(v_suffix):
-                pairs.setdefault(key[: -len(v_suffix)], {})["v"] = tensor
+                pairs.setdefault(key[: -len(v_suffix)], {})["v"] = (key, tensor)
                 break
         else:
             out[key] = tensor
@@ -42,7 +44,13 @@ def fold_all_weight_norms(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             raise KeyError(f"{base}: weight norm pair is missing its {missing}")
         if base + ".weight" in out:
             raise KeyError(f"{base}: has both a plain weight and a weight-norm pair")
-        out[base + ".weight"] = fold_weight_norm(pair["g"], pair["v"])
+        (g_key, g), (v_key, v) = pair["g"], pair["v"]
+        try:
+            out[base + ".weight"] = fold_weight_norm(g, v)
+        except ValueError as e:
+            raise KeyError(f"source keys {g_key!r} and {v_key!r}: {e}") from None
+        if origins is not None:
+            origins[base + ".weight"] = f"{g_key} + {v_key}"
     return out
 
 
