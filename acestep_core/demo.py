@@ -21,7 +21,10 @@ import shutil
 import tempfile
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from .checkpoint import Converted
+from .components import COMPONENTS, build_module, expected_shapes
 from .config import (
     LYRIC_MAX_TOKENS,
     TEXT_MAX_TOKENS,
@@ -33,7 +36,11 @@ from .config import (
     OobleckConfig,
     PipelineConfig,
     Qwen3Config,
+    to_dict,
 )
+from .convert.convert import write_checkpoint
+from .hub import cache_dir
+from .version import __version__
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -62,8 +69,6 @@ def demo_config(model_version: str = "turbo", vocab_size: int = 259) -> AceStepC
 
 def demo_tokenizer():
     """A byte-level tokenizer (256 byte tokens + the Qwen special tokens): any text encodes, nothing to download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(byte_alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -75,10 +80,6 @@ def demo_tokenizer():
 
 def write_demo_checkpoint(path: str, *, model_version: str = "turbo", seed: int = 0) -> str:
     """Random tiny weights (seeded, so the demo is reproducible) written in our layout at `path`."""
-    from weights_convert.convert import Converted, write_checkpoint
-
-    from .loading import COMPONENTS, build_module
-
     tok = demo_tokenizer()
     config = demo_config(model_version, vocab_size=tok.get_vocab_size())
     if tok.token_to_id("<|endoftext|>") != config.pipeline.pad_token_id:
@@ -118,11 +119,6 @@ def demo_checkpoint() -> str:
     recipe or model definition gets a fresh folder instead of a stale one. Concurrent first runs are safe:
     each writes a private folder and renames it into place; a loser of the race uses the winner's.
     """
-    from . import __version__
-    from .config import to_dict
-    from .hub import cache_dir
-    from .loading import COMPONENTS, expected_shapes
-
     config = demo_config(vocab_size=demo_tokenizer().get_vocab_size())
     with open(__file__, "rb") as f:
         recipe = f.read()

@@ -27,6 +27,9 @@ from __future__ import annotations
 import os
 import re
 
+from .checkpoint import detect_layout
+from .components import COMPONENTS
+from .convert.keymaps import DIFFUSERS_FOLDERS
 from .safetensors_io import CheckpointError
 
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
@@ -97,10 +100,6 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, variant: str | None = None
     variant picks the model of a repository holding several (e.g. "turbo", "base", "xl-turbo"), as
     `load_pipeline(..., variant=)` does for a local checkpoints/ folder.
     """
-    from weights_convert.convert import detect_layout
-
-    from .loading import COMPONENTS
-
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a path or a Hub repository id, got {type(path_or_id).__name__}")
     text = os.fspath(path_or_id)
@@ -122,8 +121,6 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, variant: str | None = None
                   + [c + ".safetensors" for c in COMPONENTS])
         return probe
     if layout == "diffusers":
-        from weights_convert.convert import DIFFUSERS_FOLDERS
-
         patterns = ["model_index.json", "tokenizer/tokenizer.json"]
         for folder, stem in DIFFUSERS_FOLDERS.values():
             patterns += _weights(folder, stem)

@@ -2,63 +2,57 @@
 
 Loading never materialises random weights: modules are built on the meta device, then
 `load_state_dict(strict=True, assign=True)` adopts the (memory-mapped) checkpoint tensors directly.
-Official and diffusers folders are converted in memory by `weights_convert` first.
+Official and diffusers folders are converted in memory by `acestep_core.convert` first.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import AceStepConfig, check_consistency, load_config
+from .checkpoint import LoadedCheckpoint, detect_layout, read_ours
+from .components import COMPONENTS, build_module, expected_shapes  # noqa: F401  (expected_shapes: public here too)
+from .config import AceStepConfig, check_consistency
+from .convert.convert import convert_checkpoint, convert_config
 from .precision import native_compute, store_low_compute_fp32
-from .safetensors_io import CheckpointError, read_safetensors
+from .safetensors_io import CheckpointError
 
 log = logging.getLogger("acestep_core")
 
-# component name -> (module, class); each class is built as cls(config_section).
-_REGISTRY = {
-    "text_encoder": ("acestep_core.qwen3", "Qwen3Encoder", "text_encoder"),
-    "vae": ("acestep_core.oobleck", "Oobleck", "vae"),
-    "dit": ("acestep_core.dit", "DiT", "dit"),
-    "condition": ("acestep_core.condition", "ConditionEncoder", "condition"),
-    "audio_tokenizer": ("acestep_core.fsq", "AudioTokenizer", "audio_tokenizer"),
-    "audio_detokenizer": ("acestep_core.fsq", "AudioDetokenizer", "audio_tokenizer"),
-}
-COMPONENTS = tuple(_REGISTRY)
-
-
-def build_module(component: str, config: AceStepConfig, device: str | torch.device = "cpu") -> nn.Module:
-    """Construct one component from its config section (random init, or no storage on device="meta")."""
-    module_name, class_name, section = _REGISTRY[component]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    with torch.device(device):
-        return cls(getattr(config, section))
-
-
-def expected_shapes(component: str, config: AceStepConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter (and persistent buffer) names and shapes of a component, from a meta-device build."""
-    return {k: tuple(v.shape) for k, v in build_module(component, config, "meta").state_dict().items()}
-
 
 def load_module(component: str, config: AceStepConfig, tensors: dict[str, torch.Tensor], *,
-                device: str | torch.device = "cpu", dtype: torch.dtype | None = None, where: str = "") -> nn.Module:
-    check_finite_sample(tensors, where or component)
+                device: str | torch.device = "cpu", dtype: torch.dtype | None = None, where: str = "",
+                origins: dict[str, str] | None = None, source: str = "ours") -> nn.Module:
+    """Build `component` on the meta device and adopt `tensors` (strict, assign=True: no copy, no random init).
+
+    origins: our key -> the key in the source file (from the converter), so every error names both."""
+    where = where or component
+    check_finite_sample(tensors, where)
     module = build_module(component, config, "meta")
-    try:
-        module.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "state dict mismatch"
-        raise CheckpointError(f"{where or component}: {first}") from None
+    expected = module.state_dict()
+
+    def name(key: str) -> str:
+        theirs = (origins or {}).get(key)
+        return f"source key {theirs!r} (ours {key!r})" if theirs and theirs != key else f"key {key!r} ({source})"
+
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        raise CheckpointError(f"{where}: missing {name(missing[0])}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra:
+        raise CheckpointError(f"{where}: unexpected {name(extra[0])}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for key, want in expected.items():
+        if tuple(tensors[key].shape) != tuple(want.shape):
+            raise CheckpointError(f"{where}: {name(key)} has shape {tuple(tensors[key].shape)}, the config implies "
+                                  f"{tuple(want.shape)}")
+    module.load_state_dict(tensors, strict=True, assign=True)
     # Anything not in the state dict (non-persistent buffers) must not stay on meta.
-    for name, buf in module.named_buffers():
+    for buffer_name, buf in module.named_buffers():
         if buf.is_meta:
-            raise CheckpointError(f"{where or component}: buffer {name!r} was not initialised")
+            raise CheckpointError(f"{where}: buffer {buffer_name!r} was not initialised")
     module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
     return module.eval().requires_grad_(False)
 
@@ -89,14 +83,6 @@ def check_silence_latent(silence: torch.Tensor, config: AceStepConfig, where: st
         raise CheckpointError(f"{where}: the silence latent holds non-finite values (NaN or inf)")
 
 
-@dataclass
-class LoadedCheckpoint:
-    config: AceStepConfig
-    modules: dict[str, nn.Module]
-    silence_latent: torch.Tensor  # [1, T, 64]
-    tokenizer_json: str
-
-
 def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype = torch.float32,
                     variant: str | None = None, compute_dtype: torch.dtype | None = None) -> LoadedCheckpoint:
     """Load our layout, or convert an official / diffusers folder in memory and load that.
@@ -105,8 +91,6 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
     it, and otherwise keeps the weights in `dtype` but computes in fp32 (see precision.py); pass
     torch.float32 to force that mode, or `dtype` to force native low-precision compute.
     """
-    from weights_convert.convert import convert_checkpoint, detect_layout
-
     path = os.fspath(path)
     try:
         if torch.device(device).type == "meta":
@@ -115,21 +99,13 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
         raise ValueError(f"device {device!r}: {e}") from None
     layout, root = detect_layout(path, variant)
     if layout == "ours":
-        config = load_config(root)
-        tensors = {c: read_safetensors(os.path.join(root, c + ".safetensors")) for c in COMPONENTS}
-        silence = read_safetensors(os.path.join(root, "silence_latent.safetensors"))
-        if "silence_latent" not in silence:
-            raise CheckpointError(f"{os.path.join(root, 'silence_latent.safetensors')}: missing key 'silence_latent'")
-        silence_latent = silence["silence_latent"]
-        tokenizer_json = os.path.join(root, "tokenizer.json")
-        if not os.path.isfile(tokenizer_json):
-            raise CheckpointError(f"{tokenizer_json}: file not found")
+        conv = read_ours(root)
     else:
         log.warning("%s is in the %s layout: converting in memory. `python -m weights_convert %s OUT` once "
                     "makes later loads faster.", root, layout, path)
         conv = convert_checkpoint(path, variant)
-        config, tensors, silence_latent, tokenizer_json = (conv.config, conv.components, conv.silence_latent,
-                                                           conv.tokenizer_json)
+    config, tensors, silence_latent, tokenizer_json = (conv.config, conv.components, conv.silence_latent,
+                                                       conv.tokenizer_json)
     check_consistency(config, root)
     check_silence_latent(silence_latent, config, os.path.join(root, "silence_latent"))
     if compute_dtype is None:
@@ -144,8 +120,17 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
     for c in COMPONENTS:
         # Emulated mode: the VAE (small, convolution-bound) simply runs in fp32.
         weight_dtype = torch.float32 if (emulated and c == "vae") else dtype
-        module = load_module(c, config, tensors[c], device=device, dtype=weight_dtype, where=os.path.join(root, c))
+        module = load_module(c, config, tensors[c], device=device, dtype=weight_dtype, where=os.path.join(root, c),
+                             origins=conv.origins.get(c), source=conv.source)
         modules[c] = store_low_compute_fp32(module, dtype) if (emulated and c != "vae") else module
     # The silence latent feeds the DiT context and the timbre encoder: in the compute dtype.
     silence_latent = silence_latent.to(device=device, dtype=compute_dtype)
     return LoadedCheckpoint(config, modules, silence_latent, tokenizer_json)
+
+
+def read_config(path: str | os.PathLike, variant: str | None = None) -> AceStepConfig:
+    """The config of a checkpoint of any layout, from its config files alone (no weights are read): what
+    requests can be validated against before a model loads."""
+    config = convert_config(os.fspath(path), variant)
+    check_consistency(config, os.fspath(path))
+    return config

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import derived, prompts, sampling, tasks
+from . import derived, hub, prompts, sampling, tasks
 from .config import AceStepConfig
 from .generate import Condition, Guidance, Repaint, generate_latents
 from .loading import load_checkpoint
@@ -309,11 +309,15 @@ def _normalize(audio: torch.Tensor) -> torch.Tensor:
 
 def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *, variant: str | None = None,
                   compute_dtype: torch.dtype | None = None) -> AceStepPipeline:
-    """Load a pipeline from our layout, an official `checkpoints/` folder or a diffusers AceStepPipeline folder.
+    """Load a pipeline from our layout, an official `checkpoints/` folder (or a model folder inside it), a
+    diffusers AceStepPipeline folder, or a Hugging Face Hub id ("owner/name" or "owner/name@revision"),
+    which `hub.resolve_checkpoint` first downloads (only the chosen variant's files) into the Hub cache. An
+    existing local path is never sent to the Hub.
 
     bf16 / fp16 on a CPU without that arithmetic keeps the weights in that dtype but computes in fp32
     (compute_dtype=None decides; see loading.load_checkpoint)."""
-    ckpt = load_checkpoint(path, device=device, dtype=dtype, variant=variant, compute_dtype=compute_dtype)
+    local = hub.resolve_checkpoint(path, variant)
+    ckpt = load_checkpoint(local, device=device, dtype=dtype, variant=variant, compute_dtype=compute_dtype)
     pc = ckpt.config.pipeline
     tok = TextTokenizer(ckpt.tokenizer_json, pad_token_id=pc.pad_token_id, caption_max_tokens=pc.text_max_tokens,
                         lyric_max_tokens=pc.lyric_max_tokens)

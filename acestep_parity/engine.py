@@ -505,8 +505,8 @@ def _case(args, rate: int, hop: int) -> ParityCase:
 
 def _diffusers_folder(checkpoint: str, variant: str | None, tmp: str) -> tuple[str, bool]:
     """-> (a diffusers AceStepPipeline folder with the checkpoint's weights, whether it was converted)."""
-    from weights_convert.convert import detect_layout
-    from weights_convert.to_diffusers import read_source, write_diffusers
+    from acestep_core.convert.convert import detect_layout
+    from acestep_core.convert.to_diffusers import read_source, write_diffusers
 
     from acestep_core.hub import resolve_checkpoint
 

@@ -74,8 +74,8 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "touch_s": t3 - t2, "p
 
 def write_folders(root: str, dtype: torch.dtype) -> tuple[str, str, dict]:
     from acestep_core.loading import COMPONENTS, build_module
-    from weights_convert.convert import Converted
-    from weights_convert.to_diffusers import write_diffusers
+    from acestep_core.convert.convert import Converted
+    from acestep_core.convert.to_diffusers import write_diffusers
 
     config = common.real_config()
     components = {}

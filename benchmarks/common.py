@@ -324,7 +324,7 @@ def real_config(pad_token_id: int | None = None):
     """Our AceStepConfig for ACE-Step 1.5 turbo: DiT / condition from the official config in the key fixture,
     VAE from the diffusers VAE key fixture, Qwen3-Embedding-0.6B's text encoder."""
     from acestep_core.config import Qwen3Config
-    from weights_convert import configs
+    from acestep_core.convert import configs
 
     off = json.loads((FIXTURES / "keys" / "official_turbo_keys.json").read_text())["config"]
     vae = json.loads((FIXTURES / "keys" / "diffusers_AutoencoderOobleck_acestep_keys.json").read_text())["config"]
@@ -383,7 +383,7 @@ def _build_on_meta(cls, kwargs: dict) -> torch.nn.Module:
 
 def diffusers_dit(config, seed: int = 0):
     from diffusers import AceStepTransformer1DModel
-    from weights_convert import to_diffusers
+    from acestep_core.convert import to_diffusers
 
     m = _build_on_meta(AceStepTransformer1DModel, _strip_meta(to_diffusers.transformer_config(config)))
     return init_small_(m, seed).eval().requires_grad_(False)
@@ -391,7 +391,7 @@ def diffusers_dit(config, seed: int = 0):
 
 def diffusers_condition(config, seed: int = 1):
     from diffusers.pipelines.ace_step import AceStepConditionEncoder
-    from weights_convert import to_diffusers
+    from acestep_core.convert import to_diffusers
 
     m = _build_on_meta(AceStepConditionEncoder, _strip_meta(to_diffusers.condition_encoder_config(config)))
     return init_small_(m, seed).eval().requires_grad_(False)
@@ -399,7 +399,7 @@ def diffusers_condition(config, seed: int = 1):
 
 def diffusers_vae(config, seed: int = 2):
     from diffusers import AutoencoderOobleck
-    from weights_convert import to_diffusers
+    from acestep_core.convert import to_diffusers
 
     m = _build_on_meta(AutoencoderOobleck, _strip_meta(to_diffusers.vae_config(config)))
     return init_small_(m, seed).eval().requires_grad_(False)
@@ -408,7 +408,7 @@ def diffusers_vae(config, seed: int = 2):
 def transformers_qwen3(config, seed: int = 3):
     """transformers Qwen3Model at Qwen3-Embedding-0.6B's size (built normally: its rotary buffers need init)."""
     import transformers
-    from weights_convert import to_diffusers
+    from acestep_core.convert import to_diffusers
 
     cfg = to_diffusers.text_encoder_config(config)
     cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
@@ -430,7 +430,7 @@ def ours_from(component: str, config, reference: torch.nn.Module, source: str = 
     parameters share storage with the reference's (no second copy of the weights).
     """
     from acestep_core.loading import load_module
-    from weights_convert.convert import convert_component
+    from acestep_core.convert.convert import convert_component
 
     sd = reference.state_dict()
     tensors = convert_component(sd, source, component)

@@ -340,7 +340,7 @@ def test_hub_downloads_only_the_files_the_loader_reads(tmp_path, monkeypatch):
     from huggingface_hub.utils import filter_repo_objects
 
     from acestep_core.demo import demo_checkpoint
-    from weights_convert.to_diffusers import write_diffusers
+    from acestep_core.convert.to_diffusers import write_diffusers
 
     remotes = {"ACE-Step/Ace-Step1.5": tmp_path / "remote-main", "acme/ours": Path(demo_checkpoint()),
                "acme/diffusers": tmp_path / "remote-diffusers", "acme/acestep-v15-solo": OFFICIAL / "acestep-v15-turbo"}

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from acestep_core.condition import ConditionEncoder, pack_sequences, unpack_references
 from acestep_core.config import ConditionConfig, EncoderStackConfig
-from weights_convert.convert import convert_component
+from acestep_core.convert.convert import convert_component
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TURBO = FIXTURES / "official_tiny_turbo"

@@ -14,8 +14,8 @@ import torch
 from acestep_core.config import AceStepConfig, load_config
 from acestep_core.loading import expected_shapes, load_checkpoint
 from acestep_core.safetensors_io import read_safetensors
-from weights_convert import configs
-from weights_convert.convert import (
+from acestep_core.convert import configs
+from acestep_core.convert.convert import (
     COMPONENTS,
     ConversionError,
     check_against_config,
@@ -230,7 +230,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, sig):
     import time
 
     dst = tmp_path / "out"
-    slow = ("import time, sys, weights_convert.convert as c, weights_convert.__main__ as m\n"
+    slow = ("import time, sys, acestep_core.convert.convert as c, acestep_core.convert.cli as m\n"
             "orig = c.write_safetensors\n"
             "def slow(*a, **k):\n    orig(*a, **k); print('writing', flush=True); time.sleep(30)\n"
             "c.write_safetensors = slow\n"

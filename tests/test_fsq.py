@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from acestep_core.config import AudioTokenizerConfig, EncoderStackConfig
 from acestep_core.fsq import FSQ, AudioDetokenizer, AudioTokenizer, format_audio_codes, parse_audio_codes
-from weights_convert.convert import convert_component
+from acestep_core.convert.convert import convert_component
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TURBO = FIXTURES / "official_tiny_turbo"

@@ -114,7 +114,7 @@ def test_same_seed_is_bit_identical(pipe):
 
 
 def test_corrupted_our_layout_fails_with_one_line(tmp_path):
-    from weights_convert.convert import convert_checkpoint, write_checkpoint
+    from acestep_core.convert.convert import convert_checkpoint, write_checkpoint
 
     dst = tmp_path / "ours"
     write_checkpoint(convert_checkpoint(str(CKPT)), str(dst))
@@ -195,7 +195,7 @@ def test_diffusers_compat_follows_the_tokenizer_padding_side(tmp_path):
 
 def _ours(tmp_path, edit=None):
     """Our layout converted from the tiny fixture; `edit(folder)` may then damage it."""
-    from weights_convert.convert import convert_checkpoint, write_checkpoint
+    from acestep_core.convert.convert import convert_checkpoint, write_checkpoint
 
     dst = tmp_path / "ours"
     write_checkpoint(convert_checkpoint(str(CKPT)), str(dst))
@@ -251,7 +251,7 @@ def _replace_tensor(folder, file, key, fn):
 
 def test_non_finite_weights_are_refused_at_conversion(tmp_path):
     from safetensors.torch import load_file, save_file
-    from weights_convert.convert import convert_checkpoint
+    from acestep_core.convert.convert import convert_checkpoint
 
     root = tmp_path / "checkpoints"
     import shutil
@@ -404,15 +404,15 @@ from acestep_core import audio_io, cli  # noqa: E402
 from acestep_core.config import ConfigError, load_config  # noqa: E402
 from acestep_core.safetensors_io import read_safetensors, read_state_dict  # noqa: E402
 from acestep_core.text import TextTokenizer  # noqa: E402
-import weights_convert.__main__ as convert_main  # noqa: E402
-from weights_convert.convert import (  # noqa: E402
+import acestep_core.convert.cli as convert_main  # noqa: E402
+from acestep_core.convert.convert import (  # noqa: E402
     ConversionError,
     check_against_config,
     convert_checkpoint,
     convert_component,
     write_checkpoint,
 )
-from weights_convert.to_diffusers import write_diffusers  # noqa: E402
+from acestep_core.convert.to_diffusers import write_diffusers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -509,7 +509,7 @@ def test_io_destination_refusals_touch_nothing(tmp_path, monkeypatch, io_conv):
     assert not list(tmp_path.glob(".*"))
 
     # A folder this tool wrote is replaced; with a stranger's file in it, it is not.
-    from weights_convert import destination
+    from acestep_core.convert import destination
 
     ours = tmp_path / "ours"
     write_checkpoint(io_conv, str(ours))
@@ -564,9 +564,9 @@ def test_io_force_swap_interrupted_at_every_step(tmp_path, monkeypatch, io_conv,
         return fn
 
     if target == "write":
-        import weights_convert.convert as convert_module
+        import acestep_core.checkpoint as writer  # the one writer of our layout
 
-        monkeypatch.setattr(convert_module, "write_safetensors", injected(convert_module.write_safetensors))
+        monkeypatch.setattr(writer, "write_safetensors", injected(writer.write_safetensors))
     else:
         monkeypatch.setattr(os if target == "rename" else shutil, target, injected(real[target]))
     monkeypatch.setattr(convert_main, "convert_checkpoint", lambda *a: io_conv, raising=False)
@@ -590,7 +590,7 @@ def test_io_force_swap_interrupted_at_every_step(tmp_path, monkeypatch, io_conv,
 
 _CONVERT_PAUSED = textwrap.dedent("""
     import os, sys, time
-    import weights_convert.__main__ as m
+    import acestep_core.convert.cli as m
     pause_at, real, calls = int(sys.argv.pop(1)), os.rename, []
     def rename(a, b):
         real(a, b)

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from acestep_core.config import OobleckConfig
 from acestep_core.oobleck import Oobleck, snake
-from weights_convert import configs
-from weights_convert.convert import convert_component
+from acestep_core.convert import configs
+from acestep_core.convert.convert import convert_component
 
 FIX = Path(__file__).parent / "fixtures"
 TINY = FIX / "official_tiny_turbo"

@@ -153,7 +153,7 @@ ARGS = ["--device", "cpu", "--duration", "1", "--steps", "2"]
 
 
 def test_json_schema_and_conversion_of_other_layouts(folder, tmp_path, capsys):
-    from weights_convert.convert import convert_checkpoint, write_checkpoint
+    from acestep_core.convert.convert import convert_checkpoint, write_checkpoint
 
     mine = tmp_path / "ours"
     write_checkpoint(convert_checkpoint(str(folder)), str(mine))  # our layout: parity converts it back for both

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from acestep_core.qwen3 import Qwen3Encoder
-from weights_convert.configs import qwen3_from_transformers
-from weights_convert.convert import convert_component
+from acestep_core.convert.configs import qwen3_from_transformers
+from acestep_core.convert.convert import convert_component
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny_turbo"
 QWEN_DIR = FIXTURE / "checkpoints" / "Qwen3-Embedding-0.6B"

@@ -17,16 +17,16 @@ from acestep_core.config import load_config  # noqa: E402
 from acestep_core.loading import expected_shapes, load_checkpoint  # noqa: E402
 from acestep_core.safetensors_io import CheckpointError, read_safetensors  # noqa: E402
 from acestep_core.text import TextTokenizer  # noqa: E402
-from weights_convert import configs, keymaps  # noqa: E402
-from weights_convert.__main__ import main  # noqa: E402
-from weights_convert.convert import (  # noqa: E402
+from acestep_core.convert import configs, keymaps  # noqa: E402
+from acestep_core.convert.cli import main  # noqa: E402
+from acestep_core.convert.convert import (  # noqa: E402
     DIFFUSERS_FOLDERS,
     COMPONENTS,
     Converted,
     convert_checkpoint,
     convert_component,
 )
-from weights_convert.to_diffusers import (  # noqa: E402
+from acestep_core.convert.to_diffusers import (  # noqa: E402
     DIFFUSERS_SILENCE_FRAMES,
     audio_detokenizer_config,
     audio_tokenizer_config,
@@ -37,7 +37,7 @@ from weights_convert.to_diffusers import (  # noqa: E402
     transformer_config,
     write_diffusers,
 )
-from weights_convert.transforms import fold_weight_norm, unfold_weight_norm  # noqa: E402
+from acestep_core.convert.transforms import fold_weight_norm, unfold_weight_norm  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"
 KEYS = FIX / "keys"
@@ -121,12 +121,14 @@ def test_pipeline_settings(pipe, official):
     assert pipe.is_turbo
     assert pipe.scheduler.config.num_train_timesteps == 1 and pipe.scheduler.config.shift == 1.0
     tok = pipe.tokenizer
-    assert tok.pad_token_id == official.config.pipeline.pad_token_id and tok.padding_side == "right"
+    # The written tokenizer_config keeps the source's padding side (issue 13: compat="diffusers" reads it).
+    assert tok.pad_token_id == official.config.pipeline.pad_token_id
+    assert tok.padding_side == official.config.pipeline.padding_side
     ours = TextTokenizer(official.tokenizer_json)
     strings = json.loads((REF / "strings.json").read_text())
     texts = [strings["text2music_prompt"], strings["text2music_lyrics_text"], "la"]
     batch = tok(texts, padding="longest", truncation=True, max_length=256, return_tensors="pt")
-    ids, mask = ours.batch(texts, 256)
+    ids, mask = ours.batch(texts, 256, padding_side=tok.padding_side)
     assert torch.equal(batch.input_ids, ids) and torch.equal(batch.attention_mask, mask)
 
 

@@ -24,9 +24,10 @@ import secrets
 import shutil
 import tempfile
 
-from acestep_core.safetensors_io import CONFIG_LIMIT, CheckpointError, current_umask, read_text_bounded
+from ..safetensors_io import CONFIG_LIMIT, CheckpointError, current_umask, read_text_bounded
 
-from .keymaps import COMPONENTS, DIFFUSERS_FOLDERS
+from ..components import COMPONENTS
+from .keymaps import DIFFUSERS_FOLDERS
 
 log = logging.getLogger("weights_convert")
 

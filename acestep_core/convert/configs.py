@@ -9,7 +9,7 @@ activation, attention bias, RoPE scaling, several quantizers) are checked and re
 
 from __future__ import annotations
 
-from acestep_core.config import (
+from ..config import (
     LYRIC_MAX_TOKENS,
     TEXT_MAX_TOKENS,
     AceStepConfig,
@@ -150,7 +150,7 @@ def oobleck_from_diffusers(cfg: dict, where: str) -> OobleckConfig:
     return out
 
 
-def _stack(get, prefix: str, hidden, inter, heads, kv_heads, layer_kinds) -> EncoderStackConfig:
+def _stack(get, hidden, inter, heads, kv_heads, layer_kinds) -> EncoderStackConfig:
     return EncoderStackConfig(
         hidden_size=hidden, intermediate_size=inter, num_heads=heads, num_kv_heads=kv_heads,
         head_dim=get("head_dim"), rope_theta=float(get("rope_theta")), rms_norm_eps=float(get("rms_norm_eps")),
@@ -176,7 +176,7 @@ def acestep_from_official(cfg: dict, where: str) -> tuple[DiTConfig, ConditionCo
     enc_inter = get("encoder_intermediate_size", None) or inter
     enc_heads = get("encoder_num_attention_heads", None) or heads
     enc_kv = get("encoder_num_key_value_heads", None) or kv_heads
-    stack = _stack(get, "", enc_hidden, enc_inter, enc_heads, enc_kv, kinds)
+    stack = _stack(get, enc_hidden, enc_inter, enc_heads, enc_kv, kinds)
     latent = get("audio_acoustic_hidden_dim")
     if get("fsq_dim") != enc_hidden:
         raise SourceConfigError(f"{where}: fsq_dim must equal the encoder width {enc_hidden}")

@@ -28,23 +28,22 @@ import shutil
 
 import torch
 
-from acestep_core.config import AceStepConfig, load_config
-from acestep_core.safetensors_io import CheckpointError, read_safetensors, write_safetensors
-
-from . import keymaps
-from .convert import (
+from ..checkpoint import (
     DTYPES,
-    ConversionError,
     Converted,
-    check_against_config,
-    convert_checkpoint,
+    LoadedCheckpoint,
     copy_tokenizer,
     detect_layout,
     load_tokenizer,
-    rename_keys,
+    read_ours,
 )
+from ..components import COMPONENTS
+from ..config import AceStepConfig
+from ..safetensors_io import CheckpointError, write_safetensors
+from . import keymaps
+from .convert import ConversionError, check_against_config, convert_checkpoint, rename_keys
 from .destination import MARKER, MARKER_CONTENT, check_destination, make_temp_folder, replace_folder
-from .keymaps import COMPONENTS, DIFFUSERS_FOLDERS, invert_table
+from .keymaps import DIFFUSERS_FOLDERS, invert_table
 from .transforms import unfold_all_weight_norms
 
 log = logging.getLogger("weights_convert")
@@ -203,9 +202,9 @@ def tokenizer_config(config: AceStepConfig, tokenizer_json: str) -> dict:
     out = {
         "tokenizer_class": _TOKENIZER_CLASS,
         "pad_token": pad,
-        # The official handler right-pads each batch. Qwen3-Embedding's own tokenizer_config says "left",
-        # which diffusers' pipeline would follow (it pads through the tokenizer): write "right".
-        "padding_side": "right",
+        # The side the source tokenizer_config.json named (config pipeline.padding_side), so that diffusers pads
+        # as it would on the source folder and a round trip keeps the config (docs/parity.md row 28).
+        "padding_side": config.pipeline.padding_side,
         "bos_token": None,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 131072,  # the pipeline truncates itself (256 caption / 2048 lyric tokens)
@@ -251,25 +250,11 @@ def _warn_diffusers_differences(config: AceStepConfig) -> None:
 
 # --- sources and writing ------------------------------------------------------------------------------------
 
-def _load_ours(root: str) -> Converted:
-    config = load_config(root)
-    components = {c: read_safetensors(os.path.join(root, c + ".safetensors")) for c in COMPONENTS}
-    silence_path = os.path.join(root, "silence_latent.safetensors")
-    silence = read_safetensors(silence_path)
-    if "silence_latent" not in silence:
-        raise CheckpointError(f"{silence_path}: missing key 'silence_latent'")
-    tokenizer_json = os.path.join(root, "tokenizer.json")
-    load_tokenizer(tokenizer_json)  # fails now, with one line, rather than after the tensors are written
-    return Converted(config, components, silence["silence_latent"], tokenizer_json, "ours", inputs=(root,))
-
-
 def read_source(src, variant: str | None = None) -> Converted:
     """Our config and tensors from a path (ours / official / diffusers), a `Converted` or a `LoadedCheckpoint`.
 
     variant: the model folder to pick from an official checkpoints/ folder (as `convert_checkpoint`).
     """
-    from acestep_core.loading import LoadedCheckpoint
-
     if isinstance(src, Converted):
         return src
     if isinstance(src, LoadedCheckpoint):
@@ -279,7 +264,7 @@ def read_source(src, variant: str | None = None) -> Converted:
                          inputs=(os.path.dirname(os.path.abspath(src.tokenizer_json)),))
     if isinstance(src, (str, os.PathLike)):
         layout, root = detect_layout(os.fspath(src), variant)
-        conv = _load_ours(root) if layout == "ours" else convert_checkpoint(os.fspath(src), variant)
+        conv = read_ours(root) if layout == "ours" else convert_checkpoint(os.fspath(src), variant)
         conv.inputs = (os.path.abspath(os.fspath(src)), *conv.inputs)
         return conv
     raise ValueError(f"src must be a checkpoint folder path, a Converted or a LoadedCheckpoint, "

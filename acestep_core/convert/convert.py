@@ -21,29 +21,20 @@ Writing goes through `destination.py`: which folders may be written or replaced,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
 
 import torch
 
-from acestep_core.config import AceStepConfig, save_config
-from acestep_core.safetensors_io import (
-    CONFIG_LIMIT,
-    TOKENIZER_LIMIT,
-    CheckpointError,
-    read_state_dict,
-    read_text_bounded,
-    write_safetensors,
-)
-from acestep_core.text import parse_tokenizer
-
+from ..checkpoint import Converted, detect_layout, load_tokenizer, read_json, write_ours
+from ..components import COMPONENTS, expected_shapes
+from ..config import AceStepConfig, load_config
+from ..safetensors_io import CheckpointError, read_state_dict
 from . import configs, keymaps, transforms
 from .destination import check_destination, make_temp_folder, replace_folder
-from .keymaps import COMPONENTS, DIFFUSERS_FOLDERS
+from .keymaps import DIFFUSERS_FOLDERS
 
 log = logging.getLogger("weights_convert")
 
@@ -153,8 +144,6 @@ def check_against_config(tensors: dict[str, torch.Tensor], component: str, confi
                          origins: dict[str, str] | None = None, source: str | None = None) -> None:
     """Every parameter our module has is present, real floating point, with the shape the config implies,
     and nothing else. origins / source (see `source_key`) let each message name the source key too."""
-    from acestep_core.loading import expected_shapes
-
     def name(key):
         return source_key(component, key, origins, source)
 
@@ -177,90 +166,15 @@ def check_against_config(tensors: dict[str, torch.Tensor], component: str, confi
 
 # --- whole checkpoints -------------------------------------------------------------------------------------
 
-@dataclass
-class Converted:
-    config: AceStepConfig
-    components: dict[str, dict[str, torch.Tensor]]
-    silence_latent: torch.Tensor  # [1, T, 64]
-    tokenizer_json: str  # path to the source tokenizer.json
-    source: str
-    # component -> {our key: the key in the source file}, for error messages.
-    origins: dict[str, dict[str, str]] = field(default_factory=dict)
-    # The files and folders read; a destination may not equal, contain or lie inside any of them.
-    inputs: tuple[str, ...] = ()
-
-
-def _read_json(path: str) -> dict:
-    try:
-        text = read_text_bounded(path, CONFIG_LIMIT, "config file")
-    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8
-        raise CheckpointError(str(e)) from None
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
-def detect_layout(path: str, variant: str | None = None) -> tuple[str, str]:
-    """-> (layout, root): "ours" / "diffusers" (root = the folder) or "official" (root = the model folder)."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: not a folder")
-    cfg_path = os.path.join(path, "config.json")
-    if os.path.isfile(os.path.join(path, "model_index.json")):
-        return "diffusers", path
-    if os.path.isfile(cfg_path):
-        cfg = _read_json(cfg_path)
-        if "format_version" in cfg:
-            return "ours", path
-        if cfg.get("model_type") == "acestep" or "model_version" in cfg:
-            return "official", path
-    # An official checkpoints/ folder: pick the model folder by variant.
-    models = sorted(d for d in os.listdir(path) if d.startswith("acestep-v15") and os.path.isdir(os.path.join(path, d)))
-    if models:
-        if variant is not None:
-            wanted = [d for d in models if d.replace("_", "-").endswith(variant.replace("_", "-"))]
-            if not wanted:
-                raise CheckpointError(f"{path}: no acestep-v15 folder for variant {variant!r} (found: {', '.join(models)})")
-            return "official", os.path.join(path, wanted[0])
-        if len(models) == 1:
-            return "official", os.path.join(path, models[0])
-        if "acestep-v15-turbo" in models:
-            return "official", os.path.join(path, "acestep-v15-turbo")
-        raise CheckpointError(f"{path}: several models ({', '.join(models)}); choose one with --variant")
-    raise CheckpointError(f"{path}: not an ACE-Step checkpoint (no config.json, model_index.json or acestep-v15-* folder)")
-
-
 def _padding_side(tokenizer_json: str) -> str:
     """The padding side of tokenizer_config.json beside tokenizer.json (transformers' default: right)."""
     path = os.path.join(os.path.dirname(tokenizer_json), "tokenizer_config.json")
     if not os.path.isfile(path):
         return "right"
-    side = _read_json(path).get("padding_side", "right")
+    side = read_json(path).get("padding_side", "right")
     if side not in ("left", "right"):
         raise CheckpointError(f"{path}: padding_side must be 'left' or 'right', got {side!r}")
     return side
-
-
-def load_tokenizer(tokenizer_json: str):
-    """A bounded read of tokenizer.json -> a tokenizers.Tokenizer; every failure a one-line CheckpointError."""
-    try:
-        return parse_tokenizer(read_text_bounded(tokenizer_json, TOKENIZER_LIMIT, "tokenizer file"), tokenizer_json)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-
-
-def copy_tokenizer(tokenizer_json: str, dst: str) -> None:
-    """Copy tokenizer.json byte for byte, through the same bounded read (never an endless device)."""
-    try:
-        text = read_text_bounded(tokenizer_json, TOKENIZER_LIMIT, "tokenizer file")
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    with open(dst, "w", encoding="utf-8", newline="") as f:  # newline="": no line-ending translation
-        f.write(text)
 
 
 def _pad_id(tokenizer_json: str) -> int:
@@ -271,20 +185,55 @@ def _pad_id(tokenizer_json: str) -> int:
     return pad
 
 
-def _convert_official(model_dir: str) -> Converted:
+def _official_folders(model_dir: str) -> tuple[str, str]:
+    """-> (vae/, Qwen3-Embedding-0.6B/): the official layout keeps them beside the model folder."""
     parent = os.path.dirname(model_dir)
     vae_dir, text_dir = os.path.join(parent, "vae"), os.path.join(parent, "Qwen3-Embedding-0.6B")
     for d in (vae_dir, text_dir):
         if not os.path.isdir(d):
             raise CheckpointError(f"{d}: missing; the official layout keeps vae/ and Qwen3-Embedding-0.6B/ beside {os.path.basename(model_dir)}/")
-    dit_c, cond_c, tok_c, version = configs.acestep_from_official(_read_json(os.path.join(model_dir, "config.json")),
+    return vae_dir, text_dir
+
+
+def _official_config(model_dir: str) -> tuple[AceStepConfig, str]:
+    """The official model folder's configs -> (our config, the tokenizer.json path)."""
+    vae_dir, text_dir = _official_folders(model_dir)
+    dit_c, cond_c, tok_c, version = configs.acestep_from_official(read_json(os.path.join(model_dir, "config.json")),
                                                                  os.path.join(model_dir, "config.json"))
-    text_c = configs.qwen3_from_transformers(_read_json(os.path.join(text_dir, "config.json")),
+    text_c = configs.qwen3_from_transformers(read_json(os.path.join(text_dir, "config.json")),
                                              os.path.join(text_dir, "config.json"))
-    vae_c = configs.oobleck_from_diffusers(_read_json(os.path.join(vae_dir, "config.json")),
+    vae_c = configs.oobleck_from_diffusers(read_json(os.path.join(vae_dir, "config.json")),
                                            os.path.join(vae_dir, "config.json"))
     tokenizer_json = os.path.join(text_dir, "tokenizer.json")
-    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json), _padding_side(tokenizer_json)))
+    pipe = configs.pipeline_config(version, _pad_id(tokenizer_json), _padding_side(tokenizer_json))
+    return configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, pipe), tokenizer_json
+
+
+def _diffusers_config(root: str) -> tuple[AceStepConfig, str]:
+    """A diffusers pipeline folder's configs -> (our config, the tokenizer.json path)."""
+    def cfg(folder):
+        return read_json(os.path.join(root, folder, "config.json"))
+
+    dit_c, cond_c, tok_c, version = configs.acestep_from_diffusers(
+        cfg("transformer"), cfg("condition_encoder"), cfg("audio_tokenizer"), cfg("audio_token_detokenizer"), root)
+    text_c = configs.qwen3_from_transformers(cfg("text_encoder"), os.path.join(root, "text_encoder", "config.json"))
+    vae_c = configs.oobleck_from_diffusers(cfg("vae"), os.path.join(root, "vae", "config.json"))
+    tokenizer_json = os.path.join(root, "tokenizer", "tokenizer.json")
+    pipe = configs.pipeline_config(version, _pad_id(tokenizer_json), _padding_side(tokenizer_json))
+    return configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, pipe), tokenizer_json
+
+
+def convert_config(path: str, variant: str | None = None) -> AceStepConfig:
+    """Our config of any layout, from its config files alone (no weights are read)."""
+    layout, root = detect_layout(path, variant)
+    if layout == "ours":
+        return load_config(root)
+    return (_official_config(root) if layout == "official" else _diffusers_config(root))[0]
+
+
+def _convert_official(model_dir: str) -> Converted:
+    vae_dir, text_dir = _official_folders(model_dir)
+    config, tokenizer_json = _official_config(model_dir)
 
     model_sd = read_state_dict(model_dir, "model")
     where = os.path.join(model_dir, "model.safetensors")
@@ -329,15 +278,7 @@ def _load_silence_pt(path: str) -> torch.Tensor:
 
 
 def _convert_diffusers(root: str) -> Converted:
-    def cfg(folder):
-        return _read_json(os.path.join(root, folder, "config.json"))
-
-    dit_c, cond_c, tok_c, version = configs.acestep_from_diffusers(
-        cfg("transformer"), cfg("condition_encoder"), cfg("audio_tokenizer"), cfg("audio_token_detokenizer"), root)
-    text_c = configs.qwen3_from_transformers(cfg("text_encoder"), os.path.join(root, "text_encoder", "config.json"))
-    vae_c = configs.oobleck_from_diffusers(cfg("vae"), os.path.join(root, "vae", "config.json"))
-    tokenizer_json = os.path.join(root, "tokenizer", "tokenizer.json")
-    config = configs.assemble(text_c, vae_c, dit_c, cond_c, tok_c, configs.pipeline_config(version, _pad_id(tokenizer_json), _padding_side(tokenizer_json)))
+    config, tokenizer_json = _diffusers_config(root)
     components, silence, origins = {}, None, {name: {} for name in COMPONENTS}
     for name, (folder, stem) in DIFFUSERS_FOLDERS.items():
         sd = read_state_dict(os.path.join(root, folder), stem)
@@ -366,9 +307,6 @@ def convert_checkpoint(path: str, variant: str | None = None) -> Converted:
     return conv
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, force: bool = False, progress=None) -> None:
     """Write `conv` to `dst` atomically: a temporary folder beside dst, swapped in at the very end.
 
@@ -376,20 +314,9 @@ def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, for
     a file or a link; an existing folder only with force, and only one this tool wrote.
     """
     dst = check_destination(dst, force=force, sources=(*conv.inputs, conv.tokenizer_json))
-    target_dtype = DTYPES[dtype] if dtype else None
     tmp = make_temp_folder(dst)
     try:
-        save_config(conv.config, os.path.join(tmp, "config.json"))
-        for name in COMPONENTS:
-            tensors = conv.components[name]
-            if target_dtype is not None:
-                # Only floating tensors change precision; none of ours are integer, but stay safe.
-                tensors = {k: v.to(target_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-            write_safetensors(tensors, os.path.join(tmp, name + ".safetensors"))
-            if progress is not None:
-                progress(name)
-        write_safetensors({"silence_latent": conv.silence_latent}, os.path.join(tmp, "silence_latent.safetensors"))
-        copy_tokenizer(conv.tokenizer_json, os.path.join(tmp, "tokenizer.json"))
+        write_ours(conv, tmp, dtype=dtype, progress=progress)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
