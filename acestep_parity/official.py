@@ -187,6 +187,10 @@ def compare_official(pipe, env: OfficialEnv, case: ParityCase, model_dir: str, m
     case.check()
     thresholds = thresholds or Thresholds()
     probe = probe or env.probe()
+    if case.dcw and probe.get("dcw_missing"):
+        raise OfficialSetupError(f"--dcw: the official environment cannot import pytorch_wavelets "
+                                 f"({probe['dcw_missing']}), without which its DCW silently does nothing; "
+                                 f"install pytorch-wavelets and PyWavelets there ({SETUP})")
     request = pipeline_request(case, pipe)
     request.update(cover_noise_strength=case.cover_noise_strength, dcw_enabled=case.dcw,
                    repaint_strength=REPAINT_STRENGTH)

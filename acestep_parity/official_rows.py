@@ -66,7 +66,8 @@ def official_rows(ours: Ours, theirs: dict, judge: _Judge, case: ParityCase, *,
     # 3. Condition and context: prepare_condition on our text, lyrics and source latents (isolated).
     rows += [judge.tensors("condition", "isolated", ours.states, iso("states"), mask=(ours.mask, iso("mask"))),
              judge.tensors("condition", "accumulated", ours.states, acc("states"), mask=(ours.mask, acc("mask")))]
-    if ours.source is None and case.audio_codes is None:
+    if ours.source is None:
+        # No source latents of ours to feed it (text2music; codes, which both sides decode from the same string).
         rows.append(judge.tensors("context", "direct", ours.context, acc("context")))
     else:
         rows += [judge.tensors("context", "isolated", ours.context, iso("context")),

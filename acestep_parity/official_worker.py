@@ -81,12 +81,16 @@ def probe() -> dict:
     for name in MIXINS:
         _handler(name)
     variants = known_variants()
-    for module in variants.values():
-        if module.endswith(("turbo", "base")):
-            importlib.import_module(module)
+    if "turbo" in variants:
+        importlib.import_module(variants["turbo"])  # what every model module imports (vector_quantize_pytorch, ...)
     import safetensors
 
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+    try:  # DCW: without pytorch_wavelets (and PyWavelets) the official correction silently does nothing
+        from pytorch_wavelets import DWT1DForward  # noqa: F401
+        dcw = None
+    except ImportError as e:
+        dcw = f"{type(e).__name__}: {e}"
+    return {"dcw_missing": dcw, "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
             "diffusers": diffusers.__version__, "safetensors": safetensors.__version__,
             "acestep": os.path.dirname(os.path.dirname(importlib.import_module("acestep").__file__)),
             "variants": sorted(variants)}
@@ -350,6 +354,10 @@ def flatten(rec: dict, run: str) -> dict:
 
 
 def run_job(job: dict) -> dict:
+    from loguru import logger
+
+    logger.remove()  # the handler logs every prompt at INFO; only warnings and errors reach the caller
+    logger.add(sys.stderr, level="WARNING")
     host = load_host(job)
     device = host.device
     tensors = {k: v.to(device) for k, v in load_file(job["inputs"]).items()}
