@@ -128,8 +128,9 @@ def test_a_different_dit_or_sampler_in_ours_is_located(checkpoints, env, probe, 
 
     monkeypatch.setattr(cli, "_load_ours", perturbed)
     report = run(checkpoints, env, probe, "turbo", ParityCase(duration=6, steps=2))
-    assert {stage for stage, _ in failing(report)} == {"dit_velocity", "sampler_step", "final_latents",
-                                                       "decoded_audio"}
+    # (The tiny official VAE's decoder hardly depends on its latents: decoded_audio may pass either way.)
+    assert {stage for stage, _ in failing(report)} - {"decoded_audio"} == {"dit_velocity", "sampler_step",
+                                                                           "final_latents"}
     assert report.first_own_failure().stage == "dit_velocity"
     monkeypatch.undo()
 
