@@ -74,7 +74,8 @@ def table(a: dict, b: dict, name_a: str, name_b: str) -> str:
         lines.append(f"{_label(row):<18} {row['view']:<11} {_num((ra or {}).get('max_rel'), '.2e', 10)} "
                      f"{_num((rb or {}).get('max_rel'), '.2e', 10)} {_num(r, '.2f', 8)} "
                      f"{_num((ra or {}).get('cosine'), '.7f', 10)} {_num((rb or {}).get('cosine'), '.7f', 10)} "
-                     f"{_num((ra or {}).get('snr_db'), '.1f', 6)} {_num((rb or {}).get('snr_db'), '.1f', 6)}  {verdicts}")
+                     f"{_num((ra or {}).get('snr_db'), '.1f', 6)} {_num((rb or {}).get('snr_db'), '.1f', 6)}  "
+                     f"{verdicts}")
     return "\n".join(lines)
 
 

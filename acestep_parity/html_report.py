@@ -116,7 +116,8 @@ def render(report: Report) -> str:
                          ("thresholds", esc(", ".join(f"{k} {v:g}" for k, v in m["thresholds"].items())))]
                         + [(k, esc(v)) for k, v in m.get("versions", {}).items()]),
              "<h2>Stages</h2>", stage_table(rows),
-             "<h2>Relative error</h2>", f"<img alt='relative error per stage' src='{plots.stage_errors({'': rows}, th)}'>"]
+             "<h2>Relative error</h2>",
+             f"<img alt='relative error per stage' src='{plots.stage_errors({'': rows}, th)}'>"]
     steps = plots.step_errors(rows, th)
     if steps:
         parts.append(f"<img alt='relative error per sampler step' src='{steps}'>")

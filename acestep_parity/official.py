@@ -227,7 +227,8 @@ def compare_official(pipe, env: OfficialEnv, case: ParityCase, model_dir: str, m
                     dtype, dtype), device=str(pipe.device),
                 source=("latents" if case.src_latents is not None else "audio") if "src_audio" in request else
                 ("codes" if "audio_codes" in request else None),
-                official_src=os.path.abspath(env.src), official_python=env.python, official_captions=summary["captions"])
+                official_src=os.path.abspath(env.src), official_python=env.python,
+                official_captions=summary["captions"])
     env_meta = environment()
     meta.update(env_meta, versions={**env_meta["versions"], **{f"official {k}": probe[k] for k in
                                                                 ("python", "torch", "transformers", "diffusers")}})
