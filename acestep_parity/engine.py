@@ -1,11 +1,11 @@
-"""`acestep parity`: our pipeline against a reference implementation, stage by stage.
+"""`acestep parity --against diffusers`: our pipeline against diffusers 0.42.1, stage by stage.
 
     acestep parity --checkpoint DIR --against diffusers --task repaint --steps 8 --seed 0 --json report.json
 
 Both pipelines load the same files (a checkpoint that is not a diffusers folder is first written as one in a
-temporary folder with `weights_convert.to_diffusers.write_diffusers`) and get the same request, the same
-initial noise and the same source audio. Ours runs with compat="diffusers", so the documented differences
-between the official code and diffusers (docs/parity.md) do not show up as failures.
+temporary folder with `weights_convert.to_diffusers.write_diffusers`; see cli.py) and get the same request,
+the same initial noise and the same source audio. Ours runs with compat="diffusers", so the documented
+differences between the official code and diffusers (docs/parity.md) do not show up as failures.
 
 Stages, in pipeline order: token ids (+ padding masks), text encoder hidden states, lyric embeddings, VAE
 encoding of the source audio, condition encoder output (+ mask), DiT context (source latents | chunk mask),
@@ -19,17 +19,11 @@ Stages fed only raw inputs (token ids, VAE encoding, schedule, a context without
 the latents `pipe(...)` gives.
 
 How the tensors are obtained: ours from one ordinary `pipe(...)` call whose models are wrapped by recording
-stand-ins (`_Tap`); diffusers' by calling its public pieces (`encode_prompt`, `prepare_src_latents`,
+stand-ins (ours.py); diffusers' by calling its public pieces (`encode_prompt`, `prepare_src_latents`,
 `condition_encoder`, `transformer`, `scheduler.step`, `vae`) in the order of its `__call__`, plus its
 private `_build_chunk_mask` / `_get_timestep_schedule` / `_get_task_instruction` helpers (diffusers is pinned
 to 0.42.1). diffusers samples the VAE posterior from the global RNG; `posterior_mean()` makes it return the
-mean (our default) while a comparison runs.
-
-Metrics: max |error|, that max over the reference's std, cosine; for audio also SNR (dB) and a
-multi-resolution STFT distance. Pass: fp32 err/std <= 1e-4, bf16 cosine >= 0.999, audio SNR >= 35 dB,
-token ids and masks identical. Exit status: 0 all pass, 1 a comparison fails, 2 a bad argument or a missing
-reference package, 3 any other error. This package imports diffusers / transformers (the optional
-`parity` extra); `acestep_core` itself never does.
+mean (our default) while a comparison runs. The metrics and thresholds are in report.py.
 """
 
 from __future__ import annotations

@@ -156,12 +156,15 @@ def run_handler(host, req: dict, tensors: dict, mode: str) -> dict:
                ours["ours.lyric_mask"].bool()]
         return (out[0], *[t.to(host.device) for t in ids], *out[5:])
 
-    def source(out, audio):
+    def source(audio):
+        # What the VAE would have returned for the source [2, S]: latents [T, 64]
         if ours is not None and "ours.source" in ours:
             return ours["ours.source"][0].transpose(0, 1).to(host.device, host.dtype)  # [1, 64, T] -> [T, 64]
-        if src_latents is not None:
-            return src_latents[0].to(host.device, host.dtype)
-        return out
+        return src_latents[0].to(host.device, host.dtype)  # [1, T, 64] -> [T, 64]
+
+    def generate(**kwargs):
+        rec.setdefault("generate_kwargs", kwargs)
+        return generate_audio(**kwargs)
 
     def condition(out, *args, **kwargs):
         if ours is None:
@@ -175,9 +178,9 @@ def run_handler(host, req: dict, tensors: dict, mode: str) -> dict:
                              f"needs {list(want)}")
         return noise.to(context_latents)
 
-    encode = host._encode_audio_to_latents
-    if src_latents is not None or ours is not None:
-        encode = lambda audio: source(None, audio)  # noqa: E731  (the stand-in; the real VAE is not run)
+    given = src_latents is not None or (ours is not None and "ours.source" in ours)
+    encode = source if given else host._encode_audio_to_latents  # a stand-in: the real VAE is not run
+    generate_audio = model.generate_audio
     tap = DiTTap(model.decoder, _ours_steps(ours) if ours is not None else None)
     with contextlib.ExitStack() as stack:
         stack.enter_context(replaced(host, "_prepare_text_conditioning_inputs", _recording(
@@ -191,9 +194,7 @@ def run_handler(host, req: dict, tensors: dict, mode: str) -> dict:
             rec, "masks", host._build_chunk_masks_and_src_latents)))
         stack.enter_context(replaced(model, "prepare_condition", _recording(
             rec, "condition", model.prepare_condition, condition)))
-        generate = model.generate_audio
-        stack.enter_context(replaced(model, "generate_audio", _recording(
-            rec, "generate", lambda **kw: (rec.setdefault("generate_kwargs", kw), generate(**kw))[1])))
+        stack.enter_context(replaced(model, "generate_audio", generate))
         stack.enter_context(replaced(model, "prepare_noise", initial_noise))
         stack.enter_context(replaced(model, "decoder", tap))
         latents = service_run(host, req, tensors.get("src_audio"), rec)
