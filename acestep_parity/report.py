@@ -7,16 +7,28 @@ and reused on their own.
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import asdict, dataclass, field
 
 import torch
+
+from acestep_core import __version__ as OURS_VERSION
 
 SCHEMA = "acestep-parity/1"
 SCHEDULE_ATOL = 1e-6  # the DiT's time inputs must agree to float32 rounding
 STFT_SIZES = (512, 1024, 2048)
 MAX_SNR_DB = 300.0  # reported for identical signals (JSON has no infinity)
-NOTE_COMPAT = ('ours runs with compat="diffusers" so that the documented official/diffusers differences are '
-               "not reported as failures (docs/parity.md)")
+NOTES = {  # the table's note on how ours runs, by meta["compat"]
+    "diffusers": ('ours runs with compat="diffusers" so that the documented official/diffusers differences are '
+                  "not reported as failures (docs/parity.md)"),
+    "official": "ours runs with its default behaviour, the official one (compat=\"official\")",
+}
+
+
+def environment() -> dict:
+    """Our version and the versions both sides share, for the report's header."""
+    return {"ours_version": OURS_VERSION,
+            "versions": {"acestep-core": OURS_VERSION, "torch": torch.__version__, "python": platform.python_version()}}
 
 
 # --- metrics ----------------------------------------------------------------------------------------------
@@ -158,6 +170,8 @@ class Report:
     meta: dict
     thresholds: Thresholds
     stages: list[StageResult] = field(default_factory=list)
+    # (ours [2, S], reference [2, S], sample rate) of the accumulated view, for the HTML report; not in the JSON
+    audio: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -176,7 +190,7 @@ class Report:
         lines = [f"acestep parity: acestep-core {m['ours_version']} vs {m['against']} {m['reference_version']}",
                  f"task {m['task']}, {m['latent_frames']} latent frames ({m['seconds']:.2f} s), {m['steps']} steps, "
                  f"guidance {m['guidance_scale']:g}, seed {m['seed']}, {m['dtype']} on {m['device']}",
-                 NOTE_COMPAT, "",
+                 NOTES.get(m.get("compat"), ""), "",
                  f"{'stage':<24} {'view':<11} {'shape':<12} {'max_abs':>9} {'err/std':>9} {'cosine':>10} "
                  f"{'SNR dB':>7} {'MR-STFT':>8}  result"]
         for s in self.stages:
@@ -186,12 +200,14 @@ class Report:
                 result += f" {s.mismatches} entries differ"
             lines.append(f"{s.label:<24} {s.view:<11} {shape:<12} {_fmt(s.max_abs, '9.2e')} {_fmt(s.max_rel, '9.2e')} "
                          f"{_fmt(s.cosine, '10.7f')} {_fmt(s.snr_db, '7.1f')} {_fmt(s.stft, '8.5f')}  {result}")
+        return "\n".join(lines + [""] + self.summary())
+
+    def summary(self) -> list[str]:
+        """The verdict: PASS / FAIL with counts, then where to look."""
         failed = [s for s in self.stages if not s.passed]
-        lines.append("")
         if not failed:
-            lines.append(f"PASS: all {len(self.stages)} comparisons within thresholds")
-            return "\n".join(lines)
-        lines.append(f"FAIL: {len(failed)} of {len(self.stages)} comparisons past thresholds")
+            return [f"PASS: all {len(self.stages)} comparisons within thresholds"]
+        lines = [f"FAIL: {len(failed)} of {len(self.stages)} comparisons past thresholds"]
         first = self.first_own_failure()
         if any(s.view == "reference" for s in failed):
             lines.append("reference_mirror failed: this tool's replay of diffusers' __call__ no longer gives what "
@@ -201,7 +217,7 @@ class Report:
                          "the stages before it match")
         else:
             lines.append("every stage matches when fed our inputs: the accumulated rows add up small per-stage errors")
-        return "\n".join(lines)
+        return lines
 
 
 def _fmt(x, spec: str) -> str:

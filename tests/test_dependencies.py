@@ -1,4 +1,4 @@
-"""acestep_core and weights_convert never import a reference implementation (they are test-only extras)."""
+"""acestep_core and weights_convert never import a reference implementation or matplotlib (test-only extras)."""
 
 import subprocess
 import sys
@@ -10,7 +10,7 @@ for pkg in (acestep_core, weights_convert):
     for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
         if not m.name.endswith("__main__"):
             importlib.import_module(m.name)
-bad = sorted(n for n in sys.modules if n.split(".")[0] in ("diffusers", "transformers"))
+bad = sorted(n for n in sys.modules if n.split(".")[0] in ("diffusers", "transformers", "matplotlib"))
 print(",".join(bad))
 """
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 PACKAGES = ("acestep_core", "acestep_parity", "weights_convert")
-# Modules whose functions may import our modules lazily (start-up time of a command, not cycles).
+# Modules whose functions may import our modules lazily, never to dodge a cycle: command-line front ends
+# (start-up time of `--help`) and the HTML report, whose plots need the optional matplotlib.
 LAZY_OK = {"acestep_core.cli", "acestep_parity.cli", "acestep_parity.__init__", "acestep_parity.__main__",
-           "acestep_parity.official_worker"}
+           "acestep_parity.official_worker", "acestep_parity.compare_reports", "acestep_parity.html_report"}
 
 
 def _modules() -> dict[str, Path]:

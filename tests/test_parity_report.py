@@ -16,6 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from _tiny_diffusers import build  # noqa: E402
+import acestep_parity.cli as cli  # noqa: E402
 import acestep_parity.engine as parity  # noqa: E402
 import acestep_parity.report as parity_report  # noqa: E402
 
@@ -32,11 +33,11 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ref(folder):
-    return parity._load_reference(folder, "cpu", torch.float32)
+    return cli._load_reference(folder, "cpu", torch.float32)
 
 
 def ours(folder):
-    return parity._load_ours(folder, "cpu", torch.float32)
+    return cli._load_ours(folder, "cpu", torch.float32)
 
 
 def rows(report, stage, view=None):
@@ -85,7 +86,7 @@ def test_every_stage_within_threshold(folder, ref, case):
 
 def test_guided_base_model(tmp_path):
     base = build(tmp_path, "base")
-    report = parity.compare(ours(base), parity._load_reference(base, "cpu", torch.float32),
+    report = parity.compare(ours(base), cli._load_reference(base, "cpu", torch.float32),
                             parity.ParityCase(duration=1.0, steps=3))
     assert report.passed, report.table()
     assert report.meta["guidance_scale"] == 7.0
@@ -97,8 +98,8 @@ def test_bf16_is_judged_by_cosine(tmp_path):
     # The default build: the responsive random decoder (20-odd variance-keeping convolutions, unbounded Snake)
     # is ill-conditioned in bf16, where ours and diffusers each land about 10 dB from their own fp32 audio.
     folder = build(tmp_path, "turbo")
-    ref16 = parity._load_reference(folder, "cpu", torch.bfloat16)
-    report = parity.compare(parity._load_ours(folder, "cpu", torch.bfloat16), ref16,
+    ref16 = cli._load_reference(folder, "cpu", torch.bfloat16)
+    report = parity.compare(cli._load_ours(folder, "cpu", torch.bfloat16), ref16,
                             parity.ParityCase(duration=1.0, steps=2))
     assert report.passed, report.table()
     assert report.meta["dtype"] == "bf16"
@@ -158,7 +159,7 @@ def test_json_schema_and_conversion_of_other_layouts(folder, tmp_path, capsys):
     mine = tmp_path / "ours"
     write_checkpoint(convert_checkpoint(str(folder)), str(mine))  # our layout: parity converts it back for both
     out = tmp_path / "report.json"
-    status = parity.main(["--checkpoint", str(mine), "--json", str(out), "--task", "repaint", "--duration", "0.4",
+    status = cli.main(["--checkpoint", str(mine), "--json", str(out), "--task", "repaint", "--duration", "0.4",
                           "--device", "cpu", "--steps", "2"])
     captured = capsys.readouterr()
     assert status == 0, captured.out + captured.err
@@ -181,16 +182,16 @@ def test_json_schema_and_conversion_of_other_layouts(folder, tmp_path, capsys):
 
 
 def test_exit_status_1_past_thresholds(folder, tmp_path, monkeypatch, capsys):
-    load = parity._load_ours
+    load = cli._load_ours
 
     def perturbed(*args):
         pipe = load(*args)
         _perturb(pipe.dit.layers[0].mlp.up_proj.weight)
         return pipe
 
-    monkeypatch.setattr(parity, "_load_ours", perturbed)
+    monkeypatch.setattr(cli, "_load_ours", perturbed)
     out = tmp_path / "r.json"
-    assert parity.main(["--checkpoint", str(folder), "--json", str(out)] + ARGS) == 1
+    assert cli.main(["--checkpoint", str(folder), "--json", str(out)] + ARGS) == 1
     text = capsys.readouterr().out
     assert "FAIL:" in text and "first stage that differs on its own: dit_velocity[0]" in text
     data = json.loads(out.read_text())
@@ -201,26 +202,22 @@ def test_exit_status_1_past_thresholds(folder, tmp_path, monkeypatch, capsys):
 
 def test_thresholds_are_options(folder, capsys):
     # An impossible SNR demand fails only the audio rows.
-    assert parity.main(["--checkpoint", str(folder), "--min-snr", "1000"] + ARGS) == 1
+    assert cli.main(["--checkpoint", str(folder), "--min-snr", "1000"] + ARGS) == 1
     fails = [line for line in capsys.readouterr().out.splitlines() if "FAIL (" in line]
     assert len(fails) == 2 and all(line.startswith("decoded_audio") for line in fails)
 
 
 def test_missing_reference_is_one_line_exit_2(folder, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` now raises ImportError
-    assert parity.main(["--checkpoint", str(folder)] + ARGS) == 2
+    assert cli.main(["--checkpoint", str(folder)] + ARGS) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and 'pip install "acestep-core[parity]"' in err[0]
 
 
-def test_against_official_without_the_package(folder, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("acestep") is not None:
-        pytest.skip("the official package is installed here")
-    assert parity.main(["--checkpoint", str(folder), "--against", "official"]) == 2
+def test_against_official_needs_the_official_source(folder, capsys):
+    assert cli.main(["--checkpoint", str(folder), "--against", "official"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`acestep` is not importable" in err[0] and "docs/parity-report.md" in err[0]
+    assert len(err) == 1 and "--official-src DIR" in err[0] and "ace-step/ACE-Step-1.5" in err[0]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -229,7 +226,7 @@ def test_against_official_without_the_package(folder, capsys):
     (["--task", "cover", "--src-audio", "/nonexistent.wav"], "--src-audio"),
 ])
 def test_bad_arguments_exit_2(folder, capsys, argv, message):
-    assert parity.main(["--checkpoint", str(folder), "--device", "cpu"] + argv) == 2
+    assert cli.main(["--checkpoint", str(folder), "--device", "cpu"] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
 
