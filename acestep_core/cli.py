@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="acestep", description="ACE-Step 1.5 text-to-music (acestep-core).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # `parity` has its own parser (acestep_parity/engine.py); it is listed here so --help shows it.
-    commands.add_parser("parity", add_help=False, help="compare our pipeline with diffusers stage by stage "
+    commands.add_parser("parity", add_help=False, help="compare our pipeline with diffusers or the official code stage by stage "
                                                         "(acestep parity --help; docs/parity-report.md)")
     g = commands.add_parser("generate", help="generate a song and write it as .wav or .flac",
                             description="Generate a song (48 kHz stereo) and write it as .wav (32-bit float) "
