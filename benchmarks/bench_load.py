@@ -5,7 +5,7 @@
 
 Steps:
   1. random real-size weights for all six components, written as a diffusers AceStepPipeline folder
-     (weights_convert.to_diffusers.write_diffusers);
+     (acestep_core.convert.to_diffusers.write_diffusers);
   2. `python -m weights_convert DIFFUSERS OURS` (timed: the one-off conversion a user runs);
   3. each loader in a fresh interpreter (imports timed apart from loading), --repeats times, alternating:
        ours            acestep_core.pipeline.load_pipeline(OURS)          (memory-mapped safetensors, assign=True)

@@ -12,6 +12,7 @@ Every result is one JSON line on stdout (see `emit`); everything else goes to st
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
@@ -25,15 +26,13 @@ from pathlib import Path
 
 import torch
 
+from acestep_core.config import preset
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 TINY_TOKENIZER = FIXTURES / "official_tiny_turbo" / "checkpoints" / "Qwen3-Embedding-0.6B" / "tokenizer.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GIB = 1024**3
-
-# Qwen3-Embedding-0.6B (its config.json; not in the fixtures, which hold a tiny Qwen3).
-QWEN3_EMBEDDING_06B = dict(vocab_size=151669, hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
-                           num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6)
 
 
 def log(*args) -> None:
@@ -321,21 +320,14 @@ def stack_flops(cfg, tokens: int, num_layers: int, input_dim: int) -> int:
 # --- real-size configs ----------------------------------------------------------------------------------------
 
 def real_config(pad_token_id: int | None = None):
-    """Our AceStepConfig for ACE-Step 1.5 turbo: DiT / condition from the official config in the key fixture,
-    VAE from the diffusers VAE key fixture, Qwen3-Embedding-0.6B's text encoder."""
-    from acestep_core.config import Qwen3Config
-    from acestep_core.convert import configs
+    """Our AceStepConfig for ACE-Step 1.5 turbo at real size (`acestep_core.config.preset`), with the pad id of
+    the tiny fixture tokenizer the benchmarks encode with (unless given)."""
+    from tokenizers import Tokenizer
 
-    off = json.loads((FIXTURES / "keys" / "official_turbo_keys.json").read_text())["config"]
-    vae = json.loads((FIXTURES / "keys" / "diffusers_AutoencoderOobleck_acestep_keys.json").read_text())["config"]
-    dit, cond, tok, version = configs.acestep_from_official(dict(off), "official_turbo_keys.json")
-    vae_cfg = configs.oobleck_from_diffusers(dict(vae), "diffusers_AutoencoderOobleck_acestep_keys.json")
+    config = preset("turbo")
     if pad_token_id is None:
-        from tokenizers import Tokenizer
-
         pad_token_id = Tokenizer.from_file(str(TINY_TOKENIZER)).token_to_id("<|endoftext|>")
-    text = Qwen3Config(**QWEN3_EMBEDDING_06B)
-    return configs.assemble(text, vae_cfg, dit, cond, tok, configs.pipeline_config(version, pad_token_id))
+    return dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, pad_token_id=pad_token_id))
 
 
 def _strip_meta(d: dict) -> dict:

@@ -60,3 +60,22 @@ def test_from_dict_is_strict():
     assert from_dict(Qwen3Config, fields).head_dim == 4
     with pytest.raises(ConfigError, match="'bogus'"):
         from_dict(Qwen3Config, {**fields, "bogus": 1}, "x.json")
+
+
+@pytest.mark.parametrize("name", ["turbo", "base", "sft", "xl-turbo", "xl-base"])
+def test_presets_equal_the_real_checkpoints_configs(name):
+    """config.preset(name) = what the converter derives from the real checkpoint's config (key fixtures)."""
+    import json
+    from pathlib import Path
+
+    from acestep_core.config import preset
+    from acestep_core.convert import configs
+
+    keys = Path(__file__).parent / "fixtures" / "keys"
+    official = json.loads((keys / f"official_{name.replace('-', '_')}_keys.json").read_text())["config"]
+    vae = json.loads((keys / "diffusers_AutoencoderOobleck_acestep_keys.json").read_text())["config"]
+    dit, cond, tok, version = configs.acestep_from_official(dict(official), name)
+    p = preset(name)
+    assert (p.dit, p.condition, p.audio_tokenizer, p.pipeline.model_version) == (dit, cond, tok, version)
+    assert p.vae == configs.oobleck_from_diffusers(dict(vae), "vae")
+    assert p.text_encoder.vocab_size == 151669 and p.text_encoder.num_layers == 28
