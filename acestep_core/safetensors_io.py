@@ -27,11 +27,13 @@ def _check_header(path: str) -> None:
             head = f.read(8)
             if size == 0:
                 raise CheckpointError(f"{path}: empty file (0 bytes), expected a safetensors file")
-            if head[:1] == b"\x80" or head[:2] == b"PK":
+            # A safetensors file starts with its header length, whose low byte may well be 0x80: a pickle / zip
+            # signature only counts when those bytes make no sense as a length.
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if (head[:1] == b"\x80" or head[:2] == b"PK") and (header_len is None or header_len > size - 8):
                 raise CheckpointError(f"{path}: this is a pickle / torch.save file, not safetensors; refusing to unpickle it")
-            if len(head) < 8:
+            if header_len is None:
                 raise CheckpointError(f"{path}: truncated ({size} bytes), expected a safetensors file")
-            (header_len,) = struct.unpack("<Q", head)
             if header_len > size - 8:
                 raise CheckpointError(f"{path}: header claims {header_len} bytes but the file has {size - 8} after it "
                                       "(truncated or not a safetensors file)")
