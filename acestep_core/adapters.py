@@ -363,7 +363,7 @@ def _weight(value, name: str) -> float:
 def manager(dit: nn.Module) -> AdapterManager:
     """The AdapterManager of `dit`, created on first use (kept as a plain attribute: not in the state dict)."""
     mgr = dit.__dict__.get("_adapter_manager")
-    if mgr is None:
+    if mgr is None or mgr.dit is not dit:  # none yet, or one copied along with a deep-copied DiT
         mgr = AdapterManager(dit)
         dit.__dict__["_adapter_manager"] = mgr
     return mgr
