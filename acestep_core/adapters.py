@@ -1,77 +1,42 @@
-"""LoRA and LoKr adapters on the DiT: load, combine, switch off, fuse.
+"""LoRA and LoKr adapters on the DiT: load, combine, switch off, fuse (docs/adapters.md).
 
-Official ACE-Step adapts the DiT only: `q_proj k_proj v_proj o_proj` of `self_attn` and `cross_attn` in every layer.
-Three file layouts load:
+Official ACE-Step adapts the DiT only: `q_proj k_proj v_proj o_proj` of `self_attn` and `cross_attn` in every
+layer. `read_adapter` loads the official PEFT folder or a diffusers LoRA file (lora.py) or a LyCORIS LoKr file
+(lokr.py), strictly: a key that adapts no target module, a rank or shape mismatch, or an option that changes the
+formula (DoRA, rs-LoRA, ...) is one error naming the key.
 
-    PEFT folder (official trainer)   adapter_config.json + adapter_model.safetensors,
-                                     keys base_model.model.layers.{i}.{self_attn|cross_attn}.{q,k,v,o}_proj.lora_{A|B}.weight
-    diffusers LoRA file              pytorch_lora_weights.safetensors,
-                                     keys transformer.layers.{i}.{self_attn|cross_attn}.{to_q,to_k,to_v,to_out.0}.lora_{A|B}.weight
-                                     (r / lora_alpha from its `lora_adapter_metadata` header; without it alpha = r)
-    LyCORIS LoKr file (lokr.py)      lokr_weights.safetensors
-
-LoRA adds `scale * weight * B (A x)` to a projection's output, scale = lora_alpha / r and weight the user's
-(default 1.0). Adapters are applied unmerged by a forward hook on each target Linear: the base weights are neither
-copied nor changed, the DiT's state dict keeps its keys, and the condition side (`DiT.prepare_condition`, which
-calls cross_attn k_proj / v_proj once per generation) gets the adapters like every other call. `fuse()` folds the
-active adapters into the weights for speed and keeps the original tensors (not copies) so `unfuse()` puts back the
-exact base weights; any other change unfuses first. Loading is strict: a key that adapts no target module, a rank
-or shape mismatch, or an option that changes the formula (DoRA, rs-LoRA, ...) is one error naming the key.
+The `AdapterManager` of a DiT applies the active adapters unmerged, through a forward hook on each target Linear
+(registered while any adapter is loaded, none otherwise): the base weights are neither copied nor changed, the DiT's
+state dict keeps its keys, and the condition side (`DiT.prepare_condition`, which calls cross_attn k_proj / v_proj
+once per generation) gets the adapters like every other call. `fuse()` folds the active adapters into the weights
+for speed, keeping the original tensors (not copies) so `unfuse()` puts back the exact base weights; any other
+change unfuses first.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import lokr
-from .layers import linear
-from .safetensors_io import CheckpointError, read_safetensors, write_safetensors
+from . import lokr, lora
+from .safetensors_io import CheckpointError, read_safetensors
 
 log = logging.getLogger("acestep_core")
 
 ATTENTIONS = ("self_attn", "cross_attn")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-DIFFUSERS_WEIGHTS, DIFFUSERS_METADATA = "pytorch_lora_weights.safetensors", "lora_adapter_metadata"
-LOKR_WEIGHTS = "lokr_weights.safetensors"
-PEFT_PREFIX, DIFFUSERS_PREFIX = "base_model.model.", "transformer."
-DIFFUSERS_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj"}
-# LoRA options that change the formula. A value other than the "off" value is refused.
-UNSUPPORTED = {"use_dora": False, "use_rslora": False, "lora_bias": False, "fan_in_fan_out": False,
-               "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None, "layer_replication": None}
 
 
 def target_modules(dit: nn.Module) -> dict[str, nn.Linear]:
     """"layers.{i}.{self_attn|cross_attn}.{q,k,v,o}_proj" -> that Linear of the DiT."""
     return {f"layers.{i}.{attn}.{proj}": getattr(getattr(layer, attn), proj)
             for i, layer in enumerate(dit.layers) for attn in ATTENTIONS for proj in PROJECTIONS}
-
-
-class LoRA(nn.Module):
-    """One adapted Linear: x -> scale * weight * B (A dropout(x)); A [r, in], B [out, r]."""
-
-    def __init__(self, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float, dropout: float = 0.0):
-        super().__init__()
-        self.lora_A, self.lora_B = nn.Parameter(lora_a), nn.Parameter(lora_b)
-        self.scale, self.dropout = scale, dropout
-
-    def forward(self, x: torch.Tensor, weight: float) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            x = F.dropout(x, self.dropout)  # PEFT's lora_dropout: on the adapter's input only, training only
-        # The scale multiplies the rank-r intermediate: r columns instead of `out`.
-        return linear(linear(x, self.lora_A) * (self.scale * weight), self.lora_B)
-
-    def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B @ self.lora_A) * self.scale
 
 
 class Adapter(nn.Module):
@@ -92,20 +57,15 @@ class Adapter(nn.Module):
         key = self.paths.get(path)
         return None if key is None else self.layers[key]
 
+    def by_path(self) -> dict[str, nn.Module]:
+        return {path: self.layers[key] for path, key in self.paths.items()}
+
 
 def new_lora(dit: nn.Module, rank: int, alpha: float, dropout: float = 0.0, *,
              generator: torch.Generator | None = None) -> Adapter:
-    """A fresh trainable fp32 LoRA on every target (PEFT's init: A Kaiming-uniform(a=sqrt(5)), B = 0)."""
-    layers = {}
-    for path, module in target_modules(dit).items():
-        # Kaiming-uniform with a = sqrt(5) on [r, in] is U(-1/sqrt(in), 1/sqrt(in)).
-        bound = 1.0 / math.sqrt(module.in_features)
-        a = torch.rand(rank, module.in_features, generator=generator) * (2 * bound) - bound
-        layers[path] = LoRA(a, torch.zeros(module.out_features, rank), alpha / rank, dropout)
-    return Adapter("lora", layers)
+    """A fresh trainable fp32 LoRA on every target (PEFT's init: A Kaiming-uniform, B = 0)."""
+    return Adapter("lora", lora.new_layers(target_modules(dit), rank, alpha, dropout, generator=generator))
 
-
-# --- reading ---------------------------------------------------------------------------------------------------
 
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors = read_safetensors(path)
@@ -113,59 +73,17 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return tensors, dict(f.metadata() or {})
 
 
-def _check_options(config: dict, where: str) -> None:
-    for option, off in UNSUPPORTED.items():
-        if config.get(option, off) not in (off, None, {}, False):
-            raise CheckpointError(f"{where}: {option} is set: this LoRA option is not supported")
-    if config.get("bias", "none") != "none":
-        raise CheckpointError(f"{where}: bias={config['bias']!r}: only bias='none' LoRAs are supported")
-
-
-def _lora_layers(tensors: dict[str, torch.Tensor], targets: dict[str, nn.Linear], rank: int | None,
-                 alpha: float | None, where: str) -> dict[str, LoRA]:
-    """LoRA modules from PEFT- or diffusers-named keys; rank/alpha None: per module, alpha = r (diffusers)."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        name = key.removeprefix(PEFT_PREFIX).removeprefix(DIFFUSERS_PREFIX)
-        for theirs, ours in DIFFUSERS_NAMES.items():
-            name = name.replace(f".{theirs}.lora_", f".{ours}.lora_")
-        path, dot, field = name.rpartition(".lora_")
-        if not dot or field not in ("A.weight", "B.weight"):
-            what = "DoRA" if "lora_magnitude_vector" in key else "a LoRA bias" if key.endswith(".bias") else None
-            detail = f"{what} is not supported" if what else "not a lora_A / lora_B weight"
-            raise CheckpointError(f"{where}: key {key!r}: {detail}")
-        if path not in targets:
-            raise CheckpointError(f"{where}: key {key!r} adapts no target module (targets: layers.{{i}}."
-                                  f"{{self_attn|cross_attn}}.{{q,k,v,o}}_proj of this {len(targets) // 8}-layer DiT)")
-        pairs.setdefault(path, {})[field[0]] = value
-    layers = {}
-    for path, ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            raise CheckpointError(f"{where}: {path}: lora_{'B' if 'A' in ab else 'A'}.weight is missing")
-        a, b, module = ab["A"], ab["B"], targets[path]
-        r = a.shape[0]
-        if (a.dim(), b.dim()) != (2, 2) or a.shape[1] != module.in_features or tuple(b.shape) != (module.out_features, r):
-            raise CheckpointError(f"{where}: {path}: lora_A {list(a.shape)} / lora_B {list(b.shape)} do not fit "
-                                  f"[r, {module.in_features}] / [{module.out_features}, r]")
-        if rank is not None and r != rank:
-            raise CheckpointError(f"{where}: {path}.lora_A.weight has rank {r}, the config says r={rank}")
-        layers[path] = LoRA(a, b, (alpha if alpha is not None else r) / r)
-    if not layers:
-        raise CheckpointError(f"{where}: holds no adapter weights")
-    return layers
-
-
 def read_adapter(path: str, dit: nn.Module) -> Adapter:
     """An adapter from a PEFT folder, a diffusers LoRA file (or its folder) or a LyCORIS LoKr file (or folder)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        for name in (PEFT_CONFIG, LOKR_WEIGHTS, DIFFUSERS_WEIGHTS):
+        for name in (lora.PEFT_CONFIG, lokr.WEIGHTS, lora.DIFFUSERS_WEIGHTS):
             if os.path.isfile(os.path.join(path, name)):
-                file = os.path.join(path, PEFT_WEIGHTS if name == PEFT_CONFIG else name)
+                file = os.path.join(path, lora.PEFT_WEIGHTS if name == lora.PEFT_CONFIG else name)
                 break
         else:
-            raise CheckpointError(f"{path}: no adapter here (expected {PEFT_CONFIG} + {PEFT_WEIGHTS}, {LOKR_WEIGHTS} "
-                                  f"or {DIFFUSERS_WEIGHTS})")
+            raise CheckpointError(f"{path}: no adapter here (expected {lora.PEFT_CONFIG} + {lora.PEFT_WEIGHTS}, "
+                                  f"{lokr.WEIGHTS} or {lora.DIFFUSERS_WEIGHTS})")
     elif os.path.isfile(path):
         file = path
     else:
@@ -175,50 +93,9 @@ def read_adapter(path: str, dit: nn.Module) -> Adapter:
     if lokr.is_lokr_state(tensors, metadata):
         frozen = {n.replace(".", "_") for n, _ in dit.named_modules() if n} | {"proj_in_1"}  # official Conv1d name
         return Adapter("lokr", lokr.build_modules(tensors, metadata, targets, frozen, file), file)
-    if any(k.startswith(PEFT_PREFIX) for k in tensors):
-        config_file = os.path.join(os.path.dirname(file), PEFT_CONFIG)
-        try:
-            with open(config_file, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{config_file}: a PEFT adapter needs a readable {PEFT_CONFIG} ({e})") from None
-        if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-            raise CheckpointError(f"{config_file}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
-        _check_options(config, config_file)
-        return Adapter("lora", _lora_layers(tensors, targets, int(config["r"]), float(config["lora_alpha"]), file),
-                       file)
-    raw = metadata.get(DIFFUSERS_METADATA)
-    config = {k.removeprefix(DIFFUSERS_PREFIX): v for k, v in json.loads(raw).items()} if raw else {}
-    _check_options(config, file)
-    rank, alpha = config.get("r"), config.get("lora_alpha")
-    return Adapter("lora", _lora_layers(tensors, targets, None if rank is None else int(rank),
-                                        None if alpha is None else float(alpha), file), file)
-
-
-def save_peft(adapter: Adapter, folder: str, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
-    """Write a LoRA as the official trainer does (PEFT folder), fp32.
-
-    The weights' header also carries diffusers' `lora_adapter_metadata` (r, lora_alpha, its module names), so
-    diffusers' `load_lora_weights(folder, weight_name="adapter_model.safetensors")` applies the same alpha / r.
-    """
-    os.makedirs(folder, exist_ok=True)
-    tensors = {}
-    for path, key in adapter.paths.items():
-        layer = adapter.layers[key]
-        tensors[f"{PEFT_PREFIX}{path}.lora_A.weight"] = layer.lora_A.detach().float().cpu()
-        tensors[f"{PEFT_PREFIX}{path}.lora_B.weight"] = layer.lora_B.detach().float().cpu()
-    diffusers_meta = {f"{DIFFUSERS_PREFIX}{k}": v for k, v in
-                      {"r": rank, "lora_alpha": alpha, "target_modules": list(DIFFUSERS_NAMES)}.items()}
-    write_safetensors(tensors, os.path.join(folder, PEFT_WEIGHTS),
-                      metadata={"format": "pt", DIFFUSERS_METADATA: json.dumps(diffusers_meta, sort_keys=True)})
-    config = {"peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": rank, "lora_alpha": alpha,
-              "lora_dropout": dropout, "target_modules": list(PROJECTIONS), "bias": "none", "use_dora": False,
-              "use_rslora": False, "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
-              "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None, "base_model_name_or_path": None}
-    tmp = os.path.join(folder, PEFT_CONFIG + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, os.path.join(folder, PEFT_CONFIG))
+    if any(k.startswith(lora.PEFT_PREFIX) for k in tensors):
+        return Adapter("lora", lora.read_peft(tensors, os.path.dirname(file), targets, file), file)
+    return Adapter("lora", lora.read_diffusers(tensors, metadata, targets, file), file)
 
 
 # --- the manager -----------------------------------------------------------------------------------------------

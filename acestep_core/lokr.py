@@ -31,12 +31,13 @@ from __future__ import annotations
 import json
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .layers import linear
 from .safetensors_io import CheckpointError
 
 PREFIX = "lycoris_"
+WEIGHTS = "lokr_weights.safetensors"  # the official trainer's file name
 FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 # Entries that change the formula beyond what is implemented here: a clear error instead of a wrong delta.
 UNSUPPORTED_KEYS = {"lokr_t1": "Tucker decomposition (use_tucker)", "lokr_t2": "Tucker decomposition (use_tucker)",
@@ -67,8 +68,8 @@ class LoKr(nn.Module):
         w1, w2 = self.kron_factors()
         (out_l, in_m), (out_k, in_n) = w1.shape, w2.shape
         xs = x.reshape(*x.shape[:-1], in_m, in_n)  # [..., in] -> [..., in_m, in_n] (row-major, as kron indexes)
-        z = linear(xs, w2)  # X W2^T: [..., in_m, out_k]
-        y = linear(z.transpose(-1, -2), w1)  # (W1 X W2^T)^T: [..., out_k, out_l]
+        z = F.linear(xs, w2)  # X W2^T: [..., in_m, out_k]
+        y = F.linear(z.transpose(-1, -2), w1)  # (W1 X W2^T)^T: [..., out_k, out_l]
         # [..., out_k, out_l] -> [..., out_l, out_k] -> [..., out]; reshape copies the transposed view once.
         return y.transpose(-1, -2).reshape(*x.shape[:-1], out_l * out_k) * (self.scale * weight)
 

@@ -38,7 +38,7 @@ from safetensors import safe_open
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from . import adapters, train_data
+from . import adapters, lora, train_data
 from .hub import resolve_checkpoint
 from .pipeline import load_pipeline
 from .safetensors_io import CheckpointError, read_safetensors, write_safetensors
@@ -137,7 +137,7 @@ def checkpointed_layers(dit, enabled: bool = True):
 # --- checkpoints ----------------------------------------------------------------------------------------------
 
 def _save_checkpoint(folder: str, adapter, optimizer, params, step: int, config: TrainConfig) -> None:
-    adapters.save_peft(adapter, folder, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
+    lora.save_peft(adapter.by_path(), folder, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
     tensors = {}
     for i, p in enumerate(params):
         for key, value in optimizer.state.get(p, {}).items():
@@ -162,12 +162,11 @@ def _resume(folder: str, adapter, optimizer, params, config: TrainConfig) -> int
         if saved.get(key) != getattr(config, key):
             raise ValueError(f"resume: {folder} was trained with {key}={saved.get(key)!r}, this run has "
                              f"{getattr(config, key)!r}")
-    weights = read_safetensors(os.path.join(folder, adapters.PEFT_WEIGHTS))
+    weights = read_safetensors(os.path.join(folder, lora.PEFT_WEIGHTS))
     with torch.no_grad():
-        for path, key in adapter.paths.items():
-            layer = adapter.layers[key]
+        for path, layer in adapter.by_path().items():
             for side in ("A", "B"):
-                getattr(layer, f"lora_{side}").copy_(weights[f"{adapters.PEFT_PREFIX}{path}.lora_{side}.weight"])
+                getattr(layer, f"lora_{side}").copy_(weights[f"{lora.PEFT_PREFIX}{path}.lora_{side}.weight"])
     state = read_safetensors(state_file)
     saved_state = optimizer.state_dict()
     saved_state["state"] = {i: {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)}
@@ -250,7 +249,7 @@ def _train(pipe, adapter, files: list[str], out_dir: str, config: TrainConfig, r
                 log.flush()
                 _save_checkpoint(os.path.join(out_dir, "checkpoints", f"step-{step + 1:06d}"), adapter,
                                  optimizer, params, step + 1, config)
-    adapters.save_peft(adapter, out_dir, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
+    lora.save_peft(adapter.by_path(), out_dir, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
     return {"start_step": start, "steps": config.steps, "losses": losses, "modules": len(adapter.paths)}
 
 
