@@ -5,9 +5,9 @@ A data set is either a JSON Lines file, one song per line
     {"audio": "songs/a.wav", "caption": "dreamy synth pop", "lyrics": "[verse]\\n...",    (audio: relative to the file)
      "language": "en", "bpm": 120, "keyscale": "A minor", "timesignature": "4"}      (optional)
 
-or a folder of audio files (.wav .flac .ogg .mp3, 48 kHz) each with a side file of the same name: `song.json`
-(the fields above, without "audio") or `song.txt` (first line the caption, the rest the lyrics). Missing lyrics
-mean "[Instrumental]"; missing language "unknown".
+or a folder (searched recursively) of audio files (.wav .flac .ogg .mp3, 48 kHz) each with a side file of the same
+name: `song.json` (the fields above, without "audio") or `song.txt` (first line the caption, the rest the lyrics).
+Missing lyrics mean "[Instrumental]"; missing language "unknown".
 
 Each song is encoded once with the frozen models: VAE latents (posterior mean) and the packed condition
 (caption prompt and lyric text formatted as at inference, text encoder, condition encoder with the silence
@@ -81,9 +81,10 @@ def discover(source: str) -> tuple[list[Song], list[tuple[str, str]]]:
     source = os.fspath(source)
     songs, problems = [], []
     if os.path.isdir(source):
-        names = sorted(n for n in os.listdir(source) if n.lower().endswith(AUDIO_EXTENSIONS))
-        for name in names:
-            audio = os.path.join(source, name)
+        # Recursively, like the official preprocessing; sorted, so the song order does not depend on the disk.
+        found = sorted(os.path.join(root, n) for root, _, names in os.walk(source) for n in names
+                       if n.lower().endswith(AUDIO_EXTENSIONS))
+        for audio in found:
             try:
                 songs.append(_song(audio, _side_file(audio)))
             except (ValueError, OSError, UnicodeDecodeError) as e:
@@ -132,8 +133,9 @@ def encode_song(pipe, song: Song, max_seconds: float) -> tuple[dict[str, torch.T
     lyric_text = prompts.format_lyrics(song.lyrics, song.language)
     tok = pipe.tokenizer
     for what, text, limit in (("caption", caption, tok.caption_max_tokens), ("lyrics", lyric_text, tok.lyric_max_tokens)):
-        if tok.count(text) > limit:
-            raise ValueError(f"{what} is {tok.count(text)} tokens once formatted, the model takes at most {limit}")
+        n = tok.count(text)
+        if n > limit:
+            raise ValueError(f"{what} is {n} tokens once formatted, the model takes at most {limit}")
     latents = pipe.encode_audio(wave[None])[0]  # [T, 64], posterior mean
     text, text_mask, lyric, lyric_mask = pipe.encode_text([caption], [lyric_text])
     refs = pipe.silence_latent[:, : pipe.config.condition.timbre_fix_frame]  # no reference audio: as inference
