@@ -143,7 +143,7 @@ class AdapterManager:
         return name
 
     def load(self, path, name: str | None = None, scale: float = 1.0) -> str:
-        """Read an adapter (see `read_adapter`), register it as `name` (default: its folder or file name), activate it."""
+        """Read an adapter (`read_adapter`), register it as `name` (default: its folder / file name), activate it."""
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
         path = os.fspath(path)

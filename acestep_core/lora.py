@@ -95,7 +95,8 @@ def build_layers(tensors: dict[str, torch.Tensor], targets: dict[str, nn.Linear]
             raise CheckpointError(f"{where}: {path}: lora_{'B' if 'A' in ab else 'A'}.weight is missing")
         a, b, module = ab["A"], ab["B"], targets[path]
         r = a.shape[0]
-        if (a.dim(), b.dim()) != (2, 2) or a.shape[1] != module.in_features or tuple(b.shape) != (module.out_features, r):
+        fits = a.dim() == b.dim() == 2 and a.shape[1] == module.in_features
+        if not fits or tuple(b.shape) != (module.out_features, r):
             raise CheckpointError(f"{where}: {path}: lora_A {list(a.shape)} / lora_B {list(b.shape)} do not fit "
                                   f"[r, {module.in_features}] / [{module.out_features}, r]")
         if rank is not None and r != rank:
@@ -156,9 +157,10 @@ def save_peft(layers: dict[str, LoRA], folder: str, *, rank: int, alpha: float, 
     write_safetensors(tensors, os.path.join(folder, PEFT_WEIGHTS),
                       metadata={"format": "pt", DIFFUSERS_METADATA: json.dumps(diffusers_meta, sort_keys=True)})
     config = {"peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": rank, "lora_alpha": alpha,
-              "lora_dropout": dropout, "target_modules": list(DIFFUSERS_NAMES.values()), "bias": "none", "use_dora": False,
-              "use_rslora": False, "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
-              "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None, "base_model_name_or_path": None}
+              "lora_dropout": dropout, "target_modules": list(DIFFUSERS_NAMES.values()), "bias": "none",
+              "use_dora": False, "use_rslora": False, "fan_in_fan_out": False, "init_lora_weights": True,
+              "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None,
+              "base_model_name_or_path": None}
     tmp = os.path.join(folder, PEFT_CONFIG + ".partial")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)

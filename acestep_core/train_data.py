@@ -132,7 +132,8 @@ def encode_song(pipe, song: Song, max_seconds: float) -> tuple[dict[str, torch.T
                                      duration=min(seconds, max_seconds))
     lyric_text = prompts.format_lyrics(song.lyrics, song.language)
     tok = pipe.tokenizer
-    for what, text, limit in (("caption", caption, tok.caption_max_tokens), ("lyrics", lyric_text, tok.lyric_max_tokens)):
+    limits = (("caption", caption, tok.caption_max_tokens), ("lyrics", lyric_text, tok.lyric_max_tokens))
+    for what, text, limit in limits:
         n = tok.count(text)
         if n > limit:
             raise ValueError(f"{what} is {n} tokens once formatted, the model takes at most {limit}")
@@ -161,7 +162,8 @@ def build_cache(pipe, songs: list[Song], cache_dir: str, *, max_seconds: float =
                 reused += 1
             else:
                 tensors, _, _ = encode_song(pipe, song, max_seconds)
-                write_safetensors(tensors, path, metadata={"audio": os.path.abspath(song.audio), "caption": song.caption})
+                source = {"audio": os.path.abspath(song.audio), "caption": song.caption}
+                write_safetensors(tensors, path, metadata=source)
             files.append(path)
         except (ValueError, OSError) as e:
             problems.append((song.audio, str(e).removeprefix(f"{song.audio}: ")))

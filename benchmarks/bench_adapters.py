@@ -33,7 +33,8 @@ def _lokr_adapter(dit, gen) -> adapters.Adapter:
     layers = {}
     for path, m in adapters.target_modules(dit).items():
         (a, b), (c, d) = lokr_split(m.out_features), lokr_split(m.in_features)
-        factors = {"lokr_w1": 0.02 * torch.randn(a, c, generator=gen), "lokr_w2": 0.02 * torch.randn(b, d, generator=gen)}
+        factors = {"lokr_w1": 0.02 * torch.randn(a, c, generator=gen),
+                   "lokr_w2": 0.02 * torch.randn(b, d, generator=gen)}
         layers[path] = lokr.LoKr(factors, 1.0, m.in_features, m.out_features)
     return adapters.Adapter("lokr", layers)
 

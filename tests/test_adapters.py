@@ -67,9 +67,10 @@ def _diffusers_folder(tmp_path, width: int, layers: int):
         for name, p in m.named_parameters():
             if p.dim() >= 2:
                 p.data.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
     pipe = AceStepPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, transformer=transformer,
-                           condition_encoder=condition, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
-                           audio_tokenizer=tok, audio_token_detokenizer=detok)
+                           condition_encoder=condition, scheduler=scheduler, audio_tokenizer=tok,
+                           audio_token_detokenizer=detok)
     folder = tmp_path / f"diffusers-{width}x{layers}"
     pipe.save_pretrained(folder)
     return folder
@@ -242,7 +243,8 @@ def test_lokr_matches_the_official_unmerged_formula(tmp_path, demo, layout):
 def test_lokr_strict_errors(tmp_path, demo):
     pipe = demo
     file = tmp_path / "x.safetensors"
-    bad = {"lycoris_layers_0_mlp_up_proj.lokr_w1": torch.ones(4, 4), "lycoris_layers_0_mlp_up_proj.lokr_w2": torch.ones(16, 8)}
+    bad = {"lycoris_layers_0_mlp_up_proj.lokr_w1": torch.ones(4, 4),
+           "lycoris_layers_0_mlp_up_proj.lokr_w2": torch.ones(16, 8)}
     _lokr_file(pipe.dit, file, "2", 2, 2, 0, extra=bad)
     with pytest.raises(CheckpointError, match="lycoris_layers_0_mlp_up_proj.*not an attention projection"):
         pipe.load_adapter(file)

@@ -102,7 +102,8 @@ def test_loss_of_a_fixed_batch_equals_the_formula(pipe, clip_cache):
     gen = torch.Generator().manual_seed(7)  # the same draws, in the documented order
     drop = torch.rand(4, generator=gen) < 0.5
     eps = torch.randn(4, 20, 64, generator=gen)
-    t = torch.maximum(torch.sigmoid(torch.randn(4, generator=gen) - 0.4), torch.sigmoid(torch.randn(4, generator=gen) - 0.4))
+    t1, t2 = (torch.sigmoid(torch.randn(4, generator=gen) - 0.4) for _ in range(2))
+    t = torch.maximum(t1, t2)
     assert 0 < int(drop.sum()) < 4  # both branches of the CFG dropout are exercised
     cond = batch["condition"].clone()
     cond[drop] = null[0]  # the whole condition of a dropped song is the null embedding
@@ -123,7 +124,7 @@ def test_loss_of_a_fixed_batch_equals_the_formula(pipe, clip_cache):
 
 
 def test_lr_schedule_equals_the_official_schedulers():
-    """Official optim.build_scheduler('cosine'): warmup clamped to steps // 10, LinearLR(0.1 -> 1), then cosine to 1 %."""
+    """Official optim.build_scheduler('cosine'): warmup capped at steps // 10, LinearLR(0.1 -> 1), cosine to 1 %."""
     for total, warmup in ((1000, 100), (30, 100), (7, 0), (200, 5)):
         param = torch.nn.Parameter(torch.zeros(1))
         opt = torch.optim.AdamW([param], lr=1e-4)
