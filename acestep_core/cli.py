@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     # `parity` has its own parser (acestep_parity/engine.py); it is listed here so --help shows it.
     commands.add_parser("parity", add_help=False, help="compare our pipeline with diffusers or the official code stage by stage "
                                                         "(acestep parity --help; docs/parity-report.md)")
+    commands.add_parser("train-lora", add_help=False, help="fine-tune a LoRA on your own songs "
+                                                            "(acestep train-lora --help; docs/adapters.md)")
     g = commands.add_parser("generate", help="generate a song and write it as .wav or .flac",
                             description="Generate a song (48 kHz stereo) and write it as .wav (32-bit float) "
                                         "or .flac (24-bit).")
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model in a folder or repository holding several: turbo, base, sft, xl-turbo, ...")
     src.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default fp32)")
     src.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
+    src.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                     help="a LoRA / LoKr adapter (PEFT folder, diffusers or LyCORIS file) and its scale (default 1); "
+                          "repeatable, all active")
 
     req = g.add_argument_group("song")
     req.add_argument("--prompt", default="", help="caption: genre, mood, instruments, ...")
@@ -205,8 +210,23 @@ def _read_inputs(args) -> dict:
         except ValueError as e:
             raise CliError(f"{flag}: {e}", 2) from None
     inputs["out"] = _output_paths(args.out, args.batch)
+    inputs["lora"] = [_lora_spec(v) for v in args.lora]
     inputs["device"] = _device(args.device)
     return inputs
+
+
+def _lora_spec(value: str) -> tuple[str, float]:
+    """PATH or PATH:SCALE -> (path, scale); a path that itself holds ':' works when it exists as given."""
+    path, sep, scale = value.rpartition(":")
+    if not sep or os.path.exists(value):
+        path, scale = value, "1"
+    try:
+        weight = float(scale)
+    except ValueError:
+        raise CliError(f"--lora {value}: SCALE must be a number", 2) from None
+    if not os.path.exists(path):
+        raise CliError(f"--lora {value}: {path} not found", 2)
+    return path, weight
 
 
 def _request(args, inputs: dict, seed: int) -> dict:
@@ -267,6 +287,8 @@ def generate(args) -> int:
         t0 = time.perf_counter()
         path = _checkpoint(args, stack)  # a Hub download or the demo's first build happen here
         pipe = load_pipeline(path, device, dtype, variant=args.variant)
+        for lora, scale in inputs["lora"]:
+            pipe.load_adapter(lora, scale=scale)
         load_seconds = time.perf_counter() - t0
         if pipe.sample_rate != READ_RATE and (inputs["src_audio"] is not None or inputs["reference_audio"] is not None):
             raise CliError(f"the checkpoint's VAE runs at {pipe.sample_rate} Hz; input audio is read at {READ_RATE} Hz")
@@ -363,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"acestep parity needs the reference implementation ({e}); "
                          'install it with: pip install "acestep-core[parity]"', 2)
         return parity_main(argv[1:])
+    if argv and argv[0] == "train-lora":
+        from .train_lora import main as train_lora_main
+
+        return train_lora_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return generate(args)

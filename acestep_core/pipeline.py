@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import derived, hub, prompts, sampling, tasks
+from . import adapters, derived, hub, prompts, sampling, tasks
 from .config import AceStepConfig
 from .generate import Condition, Guidance, Repaint, generate_latents
 from .loading import load_checkpoint
@@ -261,6 +261,31 @@ class AceStepPipeline:
         silence = tasks.tile_silence(self.silence_latent, length)[None].expand(inputs.src_latents.shape[0], -1, -1)
         plain = tasks.TaskInputs(silence, inputs.chunk_mask, torch.zeros_like(inputs.is_cover), None, None)
         return Condition(states, cmask, self._context(plain, None))
+
+    # --- LoRA / LoKr adapters on the DiT (adapters.py) -------------------------------------------------------
+
+    def load_adapter(self, path, name: str | None = None, scale: float = 1.0) -> str:
+        """Load a PEFT / diffusers LoRA or a LyCORIS LoKr and make it active (with the others); returns its name."""
+        return adapters.manager(self.dit).load(path, name=name, scale=scale)
+
+    def set_adapters(self, names, weights=None) -> None:
+        """Activate exactly `names` with `weights` (default 1.0 each)."""
+        adapters.manager(self.dit).set_active(names, weights)
+
+    def disable_adapters(self) -> None:
+        """Base-model output; the adapters stay loaded (`set_adapters` turns them back on)."""
+        adapters.manager(self.dit).disable()
+
+    def unload_adapter(self, name: str) -> None:
+        adapters.manager(self.dit).unload(name)
+
+    def fuse_adapters(self) -> None:
+        """Fold the active adapters into the DiT weights (faster steps); any adapter change unfuses first."""
+        adapters.manager(self.dit).fuse()
+
+    def unfuse_adapters(self) -> None:
+        """Restore the exact base weights after `fuse_adapters`."""
+        adapters.manager(self.dit).unfuse()
 
 
 def _reference_segments(audio: torch.Tensor, rate: int) -> torch.Tensor:
