@@ -154,7 +154,7 @@ def test_unknown_variant_or_layout_is_one_line_exit_2(checkpoints, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not know the variant 'turbo_v9'" in err[0] and not out.exists()
     ours = tmp_path / "ours"
-    from weights_convert.convert import convert_checkpoint, write_checkpoint
+    from acestep_core.convert.convert import convert_checkpoint, write_checkpoint
 
     write_checkpoint(convert_checkpoint(str(TURBO)), str(ours))
     assert cli.main(["--checkpoint", str(ours), "--json", str(out)] + OFFICIAL_ARGS) == 2
