@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     # `parity` has its own parser (acestep_parity/engine.py); it is listed here so --help shows it.
     commands.add_parser("parity", add_help=False, help="compare our pipeline with diffusers stage by stage "
                                                         "(acestep parity --help; docs/parity-report.md)")
+    commands.add_parser("batch", add_help=False, help="generate every song of a JSON-lines requests file, on one "
+                                                       "or many devices (acestep batch --help; docs/scale.md)")
     g = commands.add_parser("generate", help="generate a song and write it as .wav or .flac",
                             description="Generate a song (48 kHz stereo) and write it as .wav (32-bit float) "
                                         "or .flac (24-bit).")
@@ -293,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"acestep parity needs the reference implementation ({e}); "
                          'install it with: pip install "acestep-core[parity]"', 2)
         return parity_main(argv[1:])
+    if argv and argv[0] == "batch":
+        from .batch import main as batch_main  # imported on use, like every heavy module here: `--help` stays fast
+
+        return batch_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return generate(args)

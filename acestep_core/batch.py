@@ -1,0 +1,356 @@
+"""`acestep batch`: many songs from a JSON-lines requests file, in one process or over torchrun ranks.
+
+    acestep batch --checkpoint ckpt/ --requests songs.jsonl --out songs/              # one process
+    torchrun --nproc_per_node 8 -m acestep_core batch --checkpoint ckpt/ --requests songs.jsonl --out songs/
+    acestep batch --checkpoint ckpt/ --requests songs.jsonl --check                    # validate, run nothing
+
+Every line is checked before any model loads (batch_requests.py); the requests are grouped into batches
+that do not depend on the number of ranks, the batches are spread over the ranks (one device each:
+cuda:LOCAL_RANK, or the CPU), and each finished song is written atomically to OUT/<id>.wav with a line in
+the manifest (batch_manifest.py). Re-running the same command resumes. The ranks talk over gloo, on the CPU,
+whatever the device: they only exchange a few numbers at the start and the end. docs/scale.md says more.
+
+Exit status: 0 every request done; 1 some request failed (OUT/failures.jsonl) or the checkpoint is bad;
+2 bad arguments or bad lines (nothing ran); 130 interrupted (finished songs are kept; run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import os
+import signal
+import sys
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from weights_convert.convert import convert_checkpoint, detect_layout
+
+from . import __version__, audio_io, hub
+from . import batch_manifest as manifest
+from .batch_requests import AUDIO_FILES, PER_ITEM, Job, assign, check_file, check_line, make_batches, read_text_file
+from .config import AceStepConfig, load_config
+from .pipeline import load_pipeline
+from .requests import MAX_BATCH, validate_request
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WAIT = datetime.timedelta(days=7)  # how long a rank that is done waits at the end for the slowest one
+POLL_SECONDS = 0.5  # rank 0's global progress count: how often it reads the other ranks' part files
+
+
+class UsageError(Exception):
+    """Bad arguments: one line, exit status 2, nothing run."""
+
+
+def read_config(path: str, variant: str | None) -> AceStepConfig:
+    """The checkpoint's config without its weights (to become `loading.read_config`)."""
+    layout, root = detect_layout(path, variant)
+    if layout == "ours":
+        return load_config(root)
+    return convert_checkpoint(path, variant).config  # official / diffusers: reads the weights too, for now
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2 (argparse would print its usage first)
+        raise UsageError(f"{message} (see `acestep batch --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="acestep batch", description="Generate every song of a JSON-lines requests file.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_HUB_ID", help="as for `acestep generate`")
+    p.add_argument("--variant", help="model in a folder holding several: turbo, base, sft, ...")
+    p.add_argument("--requests", required=True, metavar="FILE.jsonl",
+                   help="one JSON object per line: pipe(...) keyword arguments plus an optional id")
+    p.add_argument("--out", metavar="DIR", help="output folder: <id>.wav, manifest.jsonl, failures.jsonl")
+    p.add_argument("--format", choices=("wav", "flac"), default="wav", help="wav: 32-bit float (default); flac: 24-bit")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="songs per forward pass (default 1)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available); under torchrun rank r takes cuda:LOCAL_RANK")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default fp32)")
+    p.add_argument("--seed", type=int, default=0, help="base of the seeds derived for requests without one (default 0)")
+    p.add_argument("--force", action="store_true", help="redo requests that are already done")
+    p.add_argument("--check", action="store_true", help="only check the requests file (no model is loaded)")
+    return p
+
+
+def _ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain process."""
+    return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+
+
+def _device(name: str | None, world: int, local: int) -> torch.device:
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device: {e}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: use cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here")
+        if world > 1 and device.index is not None:
+            raise UsageError("--device: under torchrun give `cuda`; rank r takes cuda:LOCAL_RANK")
+        device = torch.device("cuda", local if world > 1 else (device.index or 0))
+        if device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        torch.cuda.set_device(device)
+    return device
+
+
+class _Progress:
+    """One bar per rank; rank 0's counts every rank's finished requests, read from their part files."""
+
+    def __init__(self, rank: int, world: int, local: int, mine: int, total: int, out: str, offsets: dict):
+        self.shared = rank == 0 and world > 1
+        self.bar = tqdm(total=total if self.shared else mine, desc="all ranks" if self.shared else f"rank {rank}",
+                        unit="song", position=local, leave=True, dynamic_ncols=True)
+        self.out, self.offsets, self.stop = out, dict(offsets), threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True) if self.shared else None
+        if self.thread:
+            self.thread.start()
+
+    def _count_new_lines(self) -> int:
+        new = 0
+        for path in glob.glob(os.path.join(self.out, manifest.PARTS, "*-rank*.jsonl")):
+            start = self.offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            self.offsets[path] = start + len(data)
+            new += data.count(b"\n")
+        return new
+
+    def _poll(self):
+        while not self.stop.wait(POLL_SECONDS):
+            self.bar.update(self._count_new_lines())
+
+    def advance(self):
+        if not self.shared:
+            self.bar.update(1)
+
+    def close(self):
+        if self.thread:
+            self.stop.set()
+            self.thread.join()
+            self.bar.update(self._count_new_lines())
+        self.bar.close()
+
+
+class _Run:
+    """What every request of this rank's share needs: where to write, what to record, the running totals."""
+
+    def __init__(self, args, rank: int, config: AceStepConfig, same: dict):
+        self.args, self.rank, self.config, self.same = args, rank, config, same
+        self.out, self.ext = os.path.abspath(args.out), "." + args.format
+        self.folder = os.path.dirname(os.path.abspath(args.requests))
+        self.songs, self.seconds, self.failed = 0, 0.0, 0
+
+    def identity(self, job: Job) -> dict:
+        return {"request": job.request, "inputs": job.inputs, "output": job.id + self.ext, **self.same}
+
+    def fail(self, job: Job, error: BaseException) -> None:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        manifest.append_line(manifest.part_path(self.out, "failures", self.rank),
+                             {"id": job.id, "line": job.line, "error": message, "request": job.request,
+                              "timings": {"rank": self.rank, "finished_at": time.time()}})
+        tqdm.write(f"failed: {job.id} (line {job.line}): {message}", file=sys.stderr)
+        self.failed += 1
+
+    def prepare(self, job: Job, audio_cache: dict) -> tuple[Job, dict]:
+        """The job (checked again if a file it names was missing at the start) and its pipe arguments."""
+        for key, path in job.files.items():
+            if not os.path.isfile(path):
+                raise ValueError(f"{key}: {path}: file not found")
+        if job.files and not job.inputs:
+            job, _ = check_line(self.config, {"id": job.id, **job.kwargs}, job.line, self.folder, self.args.seed)
+        kwargs = dict(job.kwargs)
+        for key in AUDIO_FILES:
+            if key in job.files:
+                path = job.files[key]
+                if path not in audio_cache:
+                    audio_cache[path] = audio_io.read_audio(path, self.config.vae.sampling_rate,
+                                                            self.config.vae.audio_channels)
+                kwargs[key] = audio_cache[path]
+        if "audio_codes" in job.files:
+            kwargs["audio_codes"] = read_text_file(job.files["audio_codes"])
+        validate_request(self.config, **kwargs)  # this item with its real audio, alone
+        return job, kwargs
+
+    def run_batch(self, pipe, batch: list[Job], todo: set[str], progress: _Progress) -> None:
+        """Generate a batch (all its items, done or not, so each item sees the same batch as in a fresh run)."""
+        live, cache = [], {}
+        for job in batch:
+            try:
+                live.append(self.prepare(job, cache))
+            except (ValueError, TypeError, OSError) as e:
+                if job.id in todo:
+                    self.fail(job, e)
+                    progress.advance()
+        if any(job.id in todo for job, _ in live):
+            self._generate(pipe, live, todo, progress)
+
+    def _generate(self, pipe, live: list[tuple[Job, dict]], todo: set[str], progress: _Progress) -> None:
+        items = [kw for _, kw in live]
+        first = items[0]
+        kwargs = {k: v for k, v in first.items() if k not in PER_ITEM}
+        for key in ("prompt", "lyrics", "vocal_language", "seed"):
+            kwargs[key] = ["" if kw[key] is None else kw[key] for kw in items]
+        kwargs["retake_seed"] = [kw["retake_seed"] for kw in items] if first["retake_variance"] > 0 else None
+        for key in AUDIO_FILES:
+            if first[key] is not None:
+                kwargs[key] = first[key][None]  # [2, S] -> [1, 2, S], shared by the batch (same file: same group)
+        start = time.perf_counter()
+        try:
+            result = pipe(**kwargs)
+        except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: out of memory, among others
+            if len(live) == 1:
+                self.fail(live[0][0], e)
+                progress.advance()
+                return
+            for job, kw in live:  # one bad item must not sink the others: each alone
+                if job.id in todo:
+                    self._generate(pipe, [(job, kw)], todo, progress)
+            return
+        timings = {"rank": self.rank, "batch_items": len(live), "generate": round(time.perf_counter() - start, 4),
+                   **{k: round(v, 4) for k, v in result.timings.items()}}
+        for (job, _), audio in zip(live, result.audios):
+            if job.id in todo:
+                self._write(job, audio, result.sample_rate, timings)
+                progress.advance()
+
+    def _write(self, job: Job, audio: torch.Tensor, rate: int, timings: dict) -> None:
+        start = time.perf_counter()
+        try:
+            path = audio_io.write_audio(os.path.join(self.out, job.id + self.ext), audio, rate)
+        except (ValueError, OSError) as e:
+            self.fail(job, e)
+            return
+        seconds = audio.shape[-1] / rate
+        record = {"id": job.id, **self.identity(job), "seed": job.kwargs["seed"],
+                  "sha256": manifest.samples_sha256(audio), "bytes": os.path.getsize(path),
+                  "seconds": round(seconds, 6), "sample_rate": rate,
+                  "timings": {**timings, "write": round(time.perf_counter() - start, 4), "finished_at": time.time()}}
+        manifest.append_line(manifest.part_path(self.out, "manifest", self.rank), record)
+        self.songs, self.seconds = self.songs + 1, self.seconds + seconds
+
+
+def _check(args, rank: int) -> tuple[str, AceStepConfig, list[Job]]:
+    """Resolve the checkpoint, read its config and check every line (rank 0 reports)."""
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise UsageError(f"--batch-size must lie in [1, {MAX_BATCH}], got {args.batch_size}")
+    if args.out is None and not args.check:
+        raise UsageError("--out is required (or --check to only check the requests)")
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out: {args.out} exists and is not a folder")
+    checkpoint = hub.resolve_checkpoint(args.checkpoint, args.variant)
+    config = read_config(checkpoint, args.variant)
+    try:
+        jobs, bad, warnings = check_file(config, args.requests, args.seed)
+    except FileNotFoundError:
+        raise UsageError(f"--requests: {args.requests}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--requests: {args.requests}: cannot read it as UTF-8 text ({e})") from None
+    if rank == 0:
+        for w in warnings:
+            print(f"warning: {args.requests}: {w}", file=sys.stderr)
+        for b in bad:
+            print(f"{args.requests}:{b.line}: {b.message}", file=sys.stderr)
+    if bad:
+        raise UsageError(f"{len(bad)} bad line(s) in {args.requests}; nothing was run")
+    return checkpoint, config, jobs
+
+
+def _run(args, rank: int, world: int, local: int) -> int:
+    start = time.perf_counter()
+    checkpoint, config, jobs = _check(args, rank)
+    batches = make_batches(jobs, args.batch_size)
+    if args.check:
+        if rank == 0:
+            print(f"{args.requests}: {len(jobs)} requests OK, {len(batches)} batch(es) of at most {args.batch_size}")
+        return 0
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.join(out, manifest.PARTS), exist_ok=True)
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=WAIT)
+    device = _device(args.device, world, local)
+    # Rank 0 decides once what is already done and tells the others: every rank must plan from one view.
+    shared = [None]
+    if rank == 0:
+        same = {"library": f"acestep-core {__version__}", "checkpoint": manifest.fingerprint(checkpoint, args.variant),
+                "dtype": args.dtype, "device": device.type}
+        run0 = _Run(args, 0, config, same)
+        successes, _ = manifest.load_records(out)
+        done = [] if args.force else [j.id for j in jobs if manifest.is_done(successes.get(j.id), run0.identity(j), out)]
+        offsets = {p: os.path.getsize(p) for p in glob.glob(os.path.join(out, manifest.PARTS, "*-rank*.jsonl"))}
+        shared = [(same, done, offsets)]
+    if world > 1:
+        dist.broadcast_object_list(shared, src=0)
+    same, done, offsets = shared[0]
+    run = _Run(args, rank, config, same)
+    done = set(done)
+    todo = [[j.id for j in b if j.id not in done] for b in batches]
+    work = [i for i, t in enumerate(todo) if t]
+    share = [work[i] for i in assign([sum(j.cost for j in batches[w]) for w in work], world)[rank]]
+    mine = {ident for i in share for ident in todo[i]}
+    remaining = sum(len(todo[i]) for i in work)
+    if rank == 0:
+        print(f"{len(jobs)} requests: {len(done)} already done, {remaining} to run in {len(work)} batch(es) "
+              f"over {world} rank(s)", file=sys.stderr)
+    progress = _Progress(rank, world, local, len(mine), remaining, out, offsets)
+    try:
+        if share:
+            pipe = load_pipeline(checkpoint, device, DTYPES[args.dtype], variant=args.variant)
+            for i in share:
+                run.run_batch(pipe, batches[i], set(todo[i]), progress)
+    except KeyboardInterrupt:
+        progress.close()
+        if world == 1:
+            manifest.merge(out, [j.id for j in jobs], remove_parts=True)
+        print(f"interrupted: {run.songs} song(s) finished here are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    progress.close()
+    totals = torch.tensor([run.songs, run.seconds, run.failed], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(totals)  # also waits for every rank to finish
+    songs, seconds, failed = int(totals[0]), float(totals[1]), int(totals[2])
+    if rank == 0:
+        manifest.merge(out, [j.id for j in jobs], remove_parts=True)
+        wall = time.perf_counter() - start
+        print(f"done: {songs} songs, {seconds:.1f} s of audio, {wall:.1f} s wall, {60 * songs / wall:.2f} songs/min, "
+              f"{failed} failed, {len(done)} skipped (already done); {os.path.join(out, manifest.MANIFEST)}")
+    # Only rank 0 reports failures in its status: torchrun stops every other rank as soon as one exits
+    # non-zero, which could cut rank 0's merge short. torchrun's own status follows rank 0's.
+    return 1 if failed and rank == 0 else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`acestep batch ...` (also `python -m acestep_core batch` and `torchrun -m acestep_core batch`)."""
+    rank, world, local = _ranks()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM (kill, torchrun stopping its workers, a scheduler) ends the run like Ctrl-C: no partial file.
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    try:
+        args = build_parser().parse_args(argv)
+        return _run(args, rank, world, local)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # a bad checkpoint (CheckpointError, ConfigError), an unwritable --out
+        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if dist.is_initialized():
+            dist.destroy_process_group()
