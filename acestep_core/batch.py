@@ -7,8 +7,9 @@
 Every line is checked before any model loads (batch_requests.py); the requests are grouped into batches
 that do not depend on the number of ranks, the batches are spread over the ranks (one device each:
 cuda:LOCAL_RANK, or the CPU), and each finished song is written atomically to OUT/<id>.wav with a line in
-the manifest (batch_manifest.py). Re-running the same command resumes. The ranks talk over gloo, on the CPU,
-whatever the device: they only exchange a few numbers at the start and the end. docs/scale.md says more.
+the manifest (batch_worker.py, batch_manifest.py). Re-running the same command resumes. The ranks talk
+over gloo, on the CPU, whatever the device: they only exchange a few numbers at the start and the end.
+docs/scale.md says more.
 
 Exit status: 0 every request done; 1 some request failed (OUT/failures.jsonl) or the checkpoint is bad;
 2 bad arguments or bad lines (nothing ran); 130 interrupted (finished songs are kept; run again to resume).
@@ -27,19 +28,18 @@ import time
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 from weights_convert.convert import convert_checkpoint, detect_layout
 
-from . import __version__, audio_io, hub
+from . import __version__, hub
 from . import batch_manifest as manifest
-from .batch_requests import AUDIO_FILES, PER_ITEM, Job, assign, check_file, check_line, make_batches, read_text_file
+from .batch_requests import Job, assign, check_file, make_batches
+from .batch_worker import Progress, Worker, identity
 from .config import AceStepConfig, load_config
 from .pipeline import load_pipeline
-from .requests import MAX_BATCH, validate_request
+from .requests import MAX_BATCH
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WAIT = datetime.timedelta(days=7)  # how long a rank that is done waits at the end for the slowest one
-POLL_SECONDS = 0.5  # rank 0's global progress count: how often it reads the other ranks' part files
 
 
 class UsageError(Exception):
@@ -66,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", required=True, metavar="FILE.jsonl",
                    help="one JSON object per line: pipe(...) keyword arguments plus an optional id")
     p.add_argument("--out", metavar="DIR", help="output folder: <id>.wav, manifest.jsonl, failures.jsonl")
-    p.add_argument("--format", choices=("wav", "flac"), default="wav", help="wav: 32-bit float (default); flac: 24-bit")
+    p.add_argument("--format", choices=("wav", "flac"), default="wav",
+                   help="wav: 32-bit float (default); flac: 24-bit")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="songs per forward pass (default 1)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available); under torchrun rank r takes cuda:LOCAL_RANK")
+    p.add_argument("--device",
+                   help="cpu or cuda (default: cuda when available); under torchrun rank r takes cuda:LOCAL_RANK")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default fp32)")
     p.add_argument("--seed", type=int, default=0, help="base of the seeds derived for requests without one (default 0)")
     p.add_argument("--force", action="store_true", help="redo requests that are already done")
@@ -100,143 +102,6 @@ def _device(name: str | None, world: int, local: int) -> torch.device:
     return device
 
 
-class _Progress:
-    """One bar per rank; rank 0's counts every rank's finished requests, read from their part files."""
-
-    def __init__(self, rank: int, world: int, local: int, mine: int, total: int, out: str, offsets: dict):
-        self.shared = rank == 0 and world > 1
-        self.bar = tqdm(total=total if self.shared else mine, desc="all ranks" if self.shared else f"rank {rank}",
-                        unit="song", position=local, leave=True, dynamic_ncols=True)
-        self.out, self.offsets, self.stop = out, dict(offsets), threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True) if self.shared else None
-        if self.thread:
-            self.thread.start()
-
-    def _count_new_lines(self) -> int:
-        new = 0
-        for path in glob.glob(os.path.join(self.out, manifest.PARTS, "*-rank*.jsonl")):
-            start = self.offsets.get(path, 0)
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read()
-            self.offsets[path] = start + len(data)
-            new += data.count(b"\n")
-        return new
-
-    def _poll(self):
-        while not self.stop.wait(POLL_SECONDS):
-            self.bar.update(self._count_new_lines())
-
-    def advance(self):
-        if not self.shared:
-            self.bar.update(1)
-
-    def close(self):
-        if self.thread:
-            self.stop.set()
-            self.thread.join()
-            self.bar.update(self._count_new_lines())
-        self.bar.close()
-
-
-class _Run:
-    """What every request of this rank's share needs: where to write, what to record, the running totals."""
-
-    def __init__(self, args, rank: int, config: AceStepConfig, same: dict):
-        self.args, self.rank, self.config, self.same = args, rank, config, same
-        self.out, self.ext = os.path.abspath(args.out), "." + args.format
-        self.folder = os.path.dirname(os.path.abspath(args.requests))
-        self.songs, self.seconds, self.failed = 0, 0.0, 0
-
-    def identity(self, job: Job) -> dict:
-        return {"request": job.request, "inputs": job.inputs, "output": job.id + self.ext, **self.same}
-
-    def fail(self, job: Job, error: BaseException) -> None:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        manifest.append_line(manifest.part_path(self.out, "failures", self.rank),
-                             {"id": job.id, "line": job.line, "error": message, "request": job.request,
-                              "timings": {"rank": self.rank, "finished_at": time.time()}})
-        tqdm.write(f"failed: {job.id} (line {job.line}): {message}", file=sys.stderr)
-        self.failed += 1
-
-    def prepare(self, job: Job, audio_cache: dict) -> tuple[Job, dict]:
-        """The job (checked again if a file it names was missing at the start) and its pipe arguments."""
-        for key, path in job.files.items():
-            if not os.path.isfile(path):
-                raise ValueError(f"{key}: {path}: file not found")
-        if job.files and not job.inputs:
-            job, _ = check_line(self.config, {"id": job.id, **job.kwargs}, job.line, self.folder, self.args.seed)
-        kwargs = dict(job.kwargs)
-        for key in AUDIO_FILES:
-            if key in job.files:
-                path = job.files[key]
-                if path not in audio_cache:
-                    audio_cache[path] = audio_io.read_audio(path, self.config.vae.sampling_rate,
-                                                            self.config.vae.audio_channels)
-                kwargs[key] = audio_cache[path]
-        if "audio_codes" in job.files:
-            kwargs["audio_codes"] = read_text_file(job.files["audio_codes"])
-        validate_request(self.config, **kwargs)  # this item with its real audio, alone
-        return job, kwargs
-
-    def run_batch(self, pipe, batch: list[Job], todo: set[str], progress: _Progress) -> None:
-        """Generate a batch (all its items, done or not, so each item sees the same batch as in a fresh run)."""
-        live, cache = [], {}
-        for job in batch:
-            try:
-                live.append(self.prepare(job, cache))
-            except (ValueError, TypeError, OSError) as e:
-                if job.id in todo:
-                    self.fail(job, e)
-                    progress.advance()
-        if any(job.id in todo for job, _ in live):
-            self._generate(pipe, live, todo, progress)
-
-    def _generate(self, pipe, live: list[tuple[Job, dict]], todo: set[str], progress: _Progress) -> None:
-        items = [kw for _, kw in live]
-        first = items[0]
-        kwargs = {k: v for k, v in first.items() if k not in PER_ITEM}
-        for key in ("prompt", "lyrics", "vocal_language", "seed"):
-            kwargs[key] = ["" if kw[key] is None else kw[key] for kw in items]
-        kwargs["retake_seed"] = [kw["retake_seed"] for kw in items] if first["retake_variance"] > 0 else None
-        for key in AUDIO_FILES:
-            if first[key] is not None:
-                kwargs[key] = first[key][None]  # [2, S] -> [1, 2, S], shared by the batch (same file: same group)
-        start = time.perf_counter()
-        try:
-            result = pipe(**kwargs)
-        except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: out of memory, among others
-            if len(live) == 1:
-                self.fail(live[0][0], e)
-                progress.advance()
-                return
-            for job, kw in live:  # one bad item must not sink the others: each alone
-                if job.id in todo:
-                    self._generate(pipe, [(job, kw)], todo, progress)
-            return
-        timings = {"rank": self.rank, "batch_items": len(live), "generate": round(time.perf_counter() - start, 4),
-                   **{k: round(v, 4) for k, v in result.timings.items()}}
-        for (job, _), audio in zip(live, result.audios):
-            if job.id in todo:
-                self._write(job, audio, result.sample_rate, timings)
-                progress.advance()
-
-    def _write(self, job: Job, audio: torch.Tensor, rate: int, timings: dict) -> None:
-        start = time.perf_counter()
-        try:
-            path = audio_io.write_audio(os.path.join(self.out, job.id + self.ext), audio, rate)
-        except (ValueError, OSError) as e:
-            self.fail(job, e)
-            return
-        seconds = audio.shape[-1] / rate
-        record = {"id": job.id, **self.identity(job), "seed": job.kwargs["seed"],
-                  "sha256": manifest.samples_sha256(audio), "bytes": os.path.getsize(path),
-                  "seconds": round(seconds, 6), "sample_rate": rate,
-                  "timings": {**timings, "write": round(time.perf_counter() - start, 4), "finished_at": time.time()}}
-        manifest.append_line(manifest.part_path(self.out, "manifest", self.rank), record)
-        self.songs, self.seconds = self.songs + 1, self.seconds + seconds
-
-
 def _check(args, rank: int) -> tuple[str, AceStepConfig, list[Job]]:
     """Resolve the checkpoint, read its config and check every line (rank 0 reports)."""
     if not 1 <= args.batch_size <= MAX_BATCH:
@@ -263,6 +128,18 @@ def _check(args, rank: int) -> tuple[str, AceStepConfig, list[Job]]:
     return checkpoint, config, jobs
 
 
+def _what_is_done(args, checkpoint: str, jobs: list[Job], out: str, device: torch.device) -> tuple[dict, list, dict]:
+    """-> (the record fields every request of this run shares, the ids already done, part file sizes now)."""
+    same = {"library": f"acestep-core {__version__}", "checkpoint": manifest.fingerprint(checkpoint, args.variant),
+            "dtype": args.dtype, "device": device.type}
+    done = []
+    if not args.force:
+        successes, _ = manifest.load_records(out)
+        done = [j.id for j in jobs if manifest.is_done(successes.get(j.id), identity(j, "." + args.format, same), out)]
+    offsets = {p: os.path.getsize(p) for p in glob.glob(os.path.join(out, manifest.PARTS, "*-rank*.jsonl"))}
+    return same, done, offsets
+
+
 def _run(args, rank: int, world: int, local: int) -> int:
     start = time.perf_counter()
     checkpoint, config, jobs = _check(args, rank)
@@ -277,19 +154,11 @@ def _run(args, rank: int, world: int, local: int) -> int:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=WAIT)
     device = _device(args.device, world, local)
     # Rank 0 decides once what is already done and tells the others: every rank must plan from one view.
-    shared = [None]
-    if rank == 0:
-        same = {"library": f"acestep-core {__version__}", "checkpoint": manifest.fingerprint(checkpoint, args.variant),
-                "dtype": args.dtype, "device": device.type}
-        run0 = _Run(args, 0, config, same)
-        successes, _ = manifest.load_records(out)
-        done = [] if args.force else [j.id for j in jobs if manifest.is_done(successes.get(j.id), run0.identity(j), out)]
-        offsets = {p: os.path.getsize(p) for p in glob.glob(os.path.join(out, manifest.PARTS, "*-rank*.jsonl"))}
-        shared = [(same, done, offsets)]
+    shared = [_what_is_done(args, checkpoint, jobs, out, device) if rank == 0 else None]
     if world > 1:
         dist.broadcast_object_list(shared, src=0)
     same, done, offsets = shared[0]
-    run = _Run(args, rank, config, same)
+    run = Worker(config, out, "." + args.format, args.requests, args.seed, rank, same)
     done = set(done)
     todo = [[j.id for j in b if j.id not in done] for b in batches]
     work = [i for i, t in enumerate(todo) if t]
@@ -299,7 +168,7 @@ def _run(args, rank: int, world: int, local: int) -> int:
     if rank == 0:
         print(f"{len(jobs)} requests: {len(done)} already done, {remaining} to run in {len(work)} batch(es) "
               f"over {world} rank(s)", file=sys.stderr)
-    progress = _Progress(rank, world, local, len(mine), remaining, out, offsets)
+    progress = Progress(rank, world, local, len(mine), remaining, out, offsets)
     try:
         if share:
             pipe = load_pipeline(checkpoint, device, DTYPES[args.dtype], variant=args.variant)
