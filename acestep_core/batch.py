@@ -184,7 +184,14 @@ def _run(args, rank: int, world: int, local: int) -> int:
     progress.close()
     totals = torch.tensor([run.songs, run.seconds, run.failed], dtype=torch.float64)
     if world > 1:
-        dist.all_reduce(totals)  # also waits for every rank to finish
+        try:
+            dist.all_reduce(totals)  # also waits for every rank to finish
+        except RuntimeError:  # another rank stopped early (killed, crashed): the part files stay for a resume
+            if rank == 0:
+                manifest.merge(out, [j.id for j in jobs], remove_parts=False)
+            print("error: another rank stopped before the end; every finished song is kept: run the same command "
+                  "again to resume", file=sys.stderr)
+            return 1
     songs, seconds, failed = int(totals[0]), float(totals[1]), int(totals[2])
     if rank == 0:
         manifest.merge(out, [j.id for j in jobs], remove_parts=True)
