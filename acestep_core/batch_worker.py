@@ -8,8 +8,10 @@ its own; a batch that fails as a whole is retried item by item, so one bad item 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import signal
 import sys
 import threading
 import time
@@ -24,6 +26,20 @@ from .config import AceStepConfig
 from .requests import validate_request
 
 POLL_SECONDS = 0.5  # rank 0's global progress count: how often it reads the other ranks' part files
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C and SIGTERM wait until a song's file and its manifest line are both written, then stop the run:
+    a stopped run never leaves a song without its line (SIGKILL cannot wait; a resume then redoes that song)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def identity(job: Job, ext: str, same: dict) -> dict:
@@ -153,15 +169,17 @@ class Worker:
 
     def _write(self, job: Job, audio: torch.Tensor, rate: int, timings: dict) -> None:
         start = time.perf_counter()
-        try:
-            path = audio_io.write_audio(os.path.join(self.out, job.id + self.ext), audio, rate)
-        except (ValueError, OSError) as e:
-            self.fail(job, e)
-            return
-        seconds = audio.shape[-1] / rate
-        record = {"id": job.id, **self.identity(job), "seed": job.kwargs["seed"],
-                  "sha256": manifest.samples_sha256(audio), "bytes": os.path.getsize(path),
-                  "seconds": round(seconds, 6), "sample_rate": rate,
-                  "timings": {**timings, "write": round(time.perf_counter() - start, 4), "finished_at": time.time()}}
-        manifest.append_line(manifest.part_path(self.out, "manifest", self.rank), record)
-        self.songs, self.seconds = self.songs + 1, self.seconds + seconds
+        with _uninterrupted():
+            try:
+                path = audio_io.write_audio(os.path.join(self.out, job.id + self.ext), audio, rate)
+            except (ValueError, OSError) as e:
+                self.fail(job, e)
+                return
+            seconds = audio.shape[-1] / rate
+            record = {"id": job.id, **self.identity(job), "seed": job.kwargs["seed"],
+                      "sha256": manifest.samples_sha256(audio), "bytes": os.path.getsize(path),
+                      "seconds": round(seconds, 6), "sample_rate": rate,
+                      "timings": {**timings, "write": round(time.perf_counter() - start, 4),
+                                  "finished_at": time.time()}}
+            manifest.append_line(manifest.part_path(self.out, "manifest", self.rank), record)
+            self.songs, self.seconds = self.songs + 1, self.seconds + seconds

@@ -172,6 +172,8 @@ def test_a_bad_request_fails_alone_and_a_rerun_resumes(demo, tmp_path, capsys, m
     monkeypatch.setattr(batch, "load_pipeline", no_model)  # everything done: nothing is loaded
     status, stdout, err = run(argv, capsys)
     assert status == 0 and "3 skipped" in stdout
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        batch.main([str(a) for a in argv] + ["--force"])  # --force redoes them: the model is needed again
 
 
 # --- subprocesses: torchrun, kill and resume (slow) ----------------------------------------------------------------
@@ -219,7 +221,9 @@ def test_killed_run_keeps_what_it_finished_and_resumes_to_the_same_bytes(one_pro
     proc = subprocess.Popen(cmd, env=env(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     part = out / ".acestep-batch" / "manifest-rank0.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (part.exists() and len(part.read_text().splitlines()) >= 2):
+    while time.time() < deadline and proc.poll() is None:
+        if part.exists() and len(part.read_text().splitlines()) >= 2:
+            break
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
