@@ -132,10 +132,11 @@ def _what_is_done(args, checkpoint: str, jobs: list[Job], out: str, device: torc
     """-> (the record fields every request of this run shares, the ids already done, part file sizes now)."""
     same = {"library": f"acestep-core {__version__}", "checkpoint": manifest.fingerprint(checkpoint, args.variant),
             "dtype": args.dtype, "device": device.type}
-    done = []
+    done, hashes = [], {}
     if not args.force:
         successes, _ = manifest.load_records(out)
-        done = [j.id for j in jobs if manifest.is_done(successes.get(j.id), identity(j, "." + args.format, same), out)]
+        done = [j.id for j in jobs if j.id in successes
+                and manifest.is_done(successes[j.id], identity(j, "." + args.format, same, hashes), out)]
     offsets = {p: os.path.getsize(p) for p in glob.glob(os.path.join(out, manifest.PARTS, "*-rank*.jsonl"))}
     return same, done, offsets
 

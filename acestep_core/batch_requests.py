@@ -66,7 +66,7 @@ class Job:
     kwargs: dict  # the pipe arguments as the line gives them, defaults and the seed added (JSON values)
     request: dict  # the same with every default resolved (task, instruction, steps, ...): what the manifest records
     files: dict  # argument -> absolute path of a file it reads
-    inputs: dict  # argument -> sha256 of that file, for the files that exist now
+    pending: bool  # a file it reads was missing when checked: checked again when it runs
     group: str  # jobs of one group may share a batch
     cost: float  # latent frames x DiT passes; only balances the ranks
 
@@ -83,12 +83,20 @@ def derive_seed(base: int, request_id: str) -> int:
     return int.from_bytes(digest[:8], "little") % SEED_RANGE
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def input_hashes(files: dict, cache: dict) -> dict:
+    """argument -> sha256 of the file it reads (None: unreadable). Hashed on demand (a resume check, a run), never
+    while checking: every rank checks every line, and covers can name terabytes of audio. `cache`: path -> digest."""
+    for path in files.values():
+        if path not in cache:
+            h = hashlib.sha256()
+            try:
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError:
+                continue
+            cache[path] = h.hexdigest()
+    return {key: cache.get(path) for key, path in files.items()}
 
 
 def read_text_file(path: str) -> str:
@@ -155,8 +163,7 @@ def check_line(config: AceStepConfig, raw: dict, line: int, folder: str, seed_ba
     if missing:
         # Validated when it runs; alone in its batch, since its length and task are not known yet.
         warning = f"{', '.join(missing)}: file not found (the request fails unless it exists when it runs)"
-        return Job(ident, line, kwargs, dict(kwargs), files, {}, f"alone:{ident}", 1.0), warning
-    inputs = {k: file_sha256(p) for k, p in files.items()}
+        return Job(ident, line, kwargs, dict(kwargs), files, True, f"alone:{ident}", 1.0), warning
     trial = dict(kwargs)
     for key in AUDIO_FILES:
         if key in files:
@@ -174,7 +181,7 @@ def check_line(config: AceStepConfig, raw: dict, line: int, folder: str, seed_ba
         group = f"alone:{ident}"
     else:
         group = json.dumps({k: v for k, v in request.items() if k not in PER_ITEM}, sort_keys=True)
-    return Job(ident, line, kwargs, request, files, inputs, group, _cost(req, config)), None
+    return Job(ident, line, kwargs, request, files, False, group, _cost(req, config)), None
 
 
 def _cost(req, config: AceStepConfig) -> float:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import audio_io
 from . import batch_manifest as manifest
-from .batch_requests import AUDIO_FILES, PER_ITEM, Job, check_line, read_text_file
+from .batch_requests import AUDIO_FILES, PER_ITEM, Job, check_line, input_hashes, read_text_file
 from .config import AceStepConfig
 from .requests import validate_request
 
@@ -42,9 +42,10 @@ def _uninterrupted():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def identity(job: Job, ext: str, same: dict) -> dict:
-    """The manifest fields a finished request must repeat to count as done (batch_manifest.IDENTITY)."""
-    return {"request": job.request, "inputs": job.inputs, "output": job.id + ext, **same}
+def identity(job: Job, ext: str, same: dict, hashes: dict) -> dict:
+    """The manifest fields a finished request must repeat to count as done (batch_manifest.IDENTITY).
+    hashes: path -> sha256 of the input files, filled as needed."""
+    return {"request": job.request, "inputs": input_hashes(job.files, hashes), "output": job.id + ext, **same}
 
 
 class Progress:
@@ -93,9 +94,7 @@ class Worker:
         self.config, self.out, self.ext, self.rank, self.same = config, os.path.abspath(out), ext, rank, same
         self.folder, self.seed_base = os.path.dirname(os.path.abspath(requests)), seed_base
         self.songs, self.seconds, self.failed = 0, 0.0, 0
-
-    def identity(self, job: Job) -> dict:
-        return identity(job, self.ext, self.same)
+        self.hashes: dict[str, str] = {}  # input file -> sha256 (inputs are taken not to change during a run)
 
     def fail(self, job: Job, error: BaseException) -> None:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -110,7 +109,7 @@ class Worker:
         for key, path in job.files.items():
             if not os.path.isfile(path):
                 raise ValueError(f"{key}: {path}: file not found")
-        if job.files and not job.inputs:
+        if job.pending:
             job, _ = check_line(self.config, {"id": job.id, **job.kwargs}, job.line, self.folder, self.seed_base)
         kwargs = dict(job.kwargs)
         for key in AUDIO_FILES:
@@ -123,6 +122,7 @@ class Worker:
         if "audio_codes" in job.files:
             kwargs["audio_codes"] = read_text_file(job.files["audio_codes"])
         validate_request(self.config, **kwargs)  # this item with its real audio, alone
+        input_hashes(job.files, self.hashes)  # for its manifest line, read now rather than while writing
         return job, kwargs
 
     def run_batch(self, pipe, batch: list[Job], todo: set[str], progress: Progress) -> None:
@@ -176,7 +176,7 @@ class Worker:
                 self.fail(job, e)
                 return
             seconds = audio.shape[-1] / rate
-            record = {"id": job.id, **self.identity(job), "seed": job.kwargs["seed"],
+            record = {"id": job.id, **identity(job, self.ext, self.same, self.hashes), "seed": job.kwargs["seed"],
                       "sha256": manifest.samples_sha256(audio), "bytes": os.path.getsize(path),
                       "seconds": round(seconds, 6), "sample_rate": rate,
                       "timings": {**timings, "write": round(time.perf_counter() - start, 4),

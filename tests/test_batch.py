@@ -116,7 +116,7 @@ def test_batches_do_not_depend_on_the_ranks_and_seeds_on_the_id(demo, seven):
     again, _, _ = batch_requests.check_file(config, str(seven), seed_base=0)
     assert [j.request for j in again] == [j.request for j in jobs]  # every default resolved, the same each time
     assert jobs[0].request["task_type"] == "text2music" and jobs[0].request["guidance_scale"] == 1.0
-    assert jobs[6].request["task_type"] == "cover" and jobs[6].inputs["audio_codes"]
+    assert jobs[6].request["task_type"] == "cover" and jobs[6].files["audio_codes"] == str(seven.parent / "codes.txt")
 
 
 def test_batching_changes_results_only_by_rounding(demo):
