@@ -211,7 +211,7 @@ def check_file(config: AceStepConfig, path: str, seed_base: int = 0) -> tuple[li
                 continue
             try:
                 job, warning = check_line(config, raw, number, folder, seed_base)
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, OSError) as e:  # OSError: a named file exists but cannot be read
                 bad.append(BadLine(number, str(e)))
                 continue
             if job.id in seen:
