@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(acestep parity --help; docs/parity-report.md)")
     commands.add_parser("train-lora", add_help=False, help="fine-tune a LoRA on your own songs "
                                                             "(acestep train-lora --help; docs/adapters.md)")
+    commands.add_parser("batch", add_help=False, help="generate every song of a JSON-lines requests file, on one "
+                                                       "or many devices (acestep batch --help; docs/scale.md)")
     g = commands.add_parser("generate", help="generate a song and write it as .wav or .flac",
                             description="Generate a song (48 kHz stereo) and write it as .wav (32-bit float) "
                                         "or .flac (24-bit).")
@@ -389,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train_lora import main as train_lora_main
 
         return train_lora_main(argv[1:])
+    if argv and argv[0] == "batch":
+        from .batch import main as batch_main  # imported on use, like every heavy module here: `--help` stays fast
+
+        return batch_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return generate(args)

@@ -9,7 +9,7 @@ Our checkpoint folder holds a single `config.json`:
 Each section maps one-to-one onto a dataclass below. `from_dict` refuses any missing or unknown
 key, so a typo in a hand-edited config fails at load time with the key and file named, instead of
 silently falling back to a default. Source configs (official / diffusers / transformers) are read by
-`weights_convert`, never here.
+`acestep_core.convert`, never here.
 """
 
 from __future__ import annotations

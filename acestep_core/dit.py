@@ -20,7 +20,7 @@ K/V) does not depend on the sampler step, so a sampler computes it once with `pr
 passes the result as `cross_kv` to every step.
 
 Parameter names equal the official `decoder.*` names with the prefix dropped (the patch convolutions
-are plain `proj_in` / `proj_out`), so `weights_convert` maps checkpoints onto this module one to one.
+are plain `proj_in` / `proj_out`), so `acestep_core.convert` maps checkpoints onto this module one to one.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ SAMPLE_ELEMENTS = 4096  # per tensor, for the cheap non-finite check at load
 def check_finite_sample(tensors: dict[str, torch.Tensor], where: str) -> None:
     """A cheap load-time guard against NaN / inf weights: small tensors are checked whole, large ones at
     about SAMPLE_ELEMENTS evenly strided elements (a memory-mapped file then reads only those pages).
-    weights_convert checks every element once, at conversion."""
+    the converter checks every element once, at conversion."""
     for key, t in tensors.items():
         if not t.is_floating_point():
             continue

@@ -34,6 +34,8 @@ SLOW = {
     "test_text.py": {"test_agrees_with_transformers_autotokenizer"},
     "test_lm_model.py": {"test_live_parity_with_transformers"},
     "test_adapters.py": {"test_parity_with_diffusers_peft"},
+    "test_batch.py": {"test_torchrun_two_cpu_ranks_match_one_process_byte_for_byte",
+                      "test_killed_run_keeps_what_it_finished_and_resumes_to_the_same_bytes"},
 }
 
 
