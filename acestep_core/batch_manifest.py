@@ -24,11 +24,12 @@ import secrets
 import numpy as np
 import torch
 
+from .checkpoint import fingerprint as checkpoint_fingerprint
+
 PARTS = ".acestep-batch"
 MANIFEST, FAILURES = "manifest.jsonl", "failures.jsonl"
 # The fields a finished request must repeat exactly to be skipped by a resumed run.
 IDENTITY = ("request", "inputs", "output", "library", "checkpoint", "dtype", "device")
-_SAMPLE_BYTES = 1 << 20  # fingerprint: bytes read at each end of every checkpoint file
 
 
 def part_path(out: str, kind: str, rank: int) -> str:
@@ -130,24 +131,5 @@ def samples_sha256(audio: torch.Tensor) -> str:
 
 
 def fingerprint(path: str, variant: str | None = None) -> str:
-    """A cheap identity of a checkpoint folder: every file's relative name, size and first and last MiB.
-
-    Not a full hash (that would read gigabytes on every run); it tells apart different checkpoints,
-    conversions, dtypes and edited configs (whole small files are read), not a bit flipped mid-file."""
-    h = hashlib.sha256(f"variant={variant}\n".encode())
-    root = os.path.abspath(path)
-    files = []
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [os.path.join(folder, n) for n in names if not n.startswith(".")]
-    for file in sorted(files):
-        size = os.path.getsize(file)
-        h.update(f"{os.path.relpath(file, root)}\0{size}\0".encode())
-        with open(file, "rb") as f:
-            h.update(f.read(_SAMPLE_BYTES))
-            if size > 2 * _SAMPLE_BYTES:
-                f.seek(size - _SAMPLE_BYTES)
-                h.update(f.read(_SAMPLE_BYTES))
-            elif size > _SAMPLE_BYTES:
-                h.update(f.read())
-    return "sha256:" + h.hexdigest()[:16]
+    """The checkpoint folder's identity for the manifest (`checkpoint.fingerprint`, salted with the variant)."""
+    return checkpoint_fingerprint([path], f"variant={variant}\n")

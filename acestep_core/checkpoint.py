@@ -16,7 +16,7 @@ and the one writer of our folder, for the converter, the loader and the demo mod
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -26,9 +26,9 @@ from torch import nn
 from .components import COMPONENTS
 from .config import AceStepConfig, load_config, save_config
 from .safetensors_io import (
-    CONFIG_LIMIT,
     TOKENIZER_LIMIT,
     CheckpointError,
+    read_json_bounded,
     read_safetensors,
     read_text_bounded,
     write_safetensors,
@@ -39,6 +39,7 @@ LAYOUTS = ("ours", "official", "diffusers")
 SILENCE_FILE = "silence_latent.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FINGERPRINT_SAMPLE = 1 << 20  # bytes hashed from each end of a large file
 
 
 @dataclass
@@ -69,16 +70,9 @@ class LoadedCheckpoint:
 def read_json(path: str) -> dict:
     """A JSON object from a bounded read; every failure a one-line CheckpointError naming the file."""
     try:
-        text = read_text_bounded(path, CONFIG_LIMIT, "config file")
-    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8
+        return read_json_bounded(path)
+    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8, not a JSON object
         raise CheckpointError(str(e)) from None
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
 
 
 def detect_layout(path: str, variant: str | None = None) -> tuple[str, str]:
@@ -159,3 +153,28 @@ def write_ours(conv: Converted, folder: str, *, dtype: str | None = None, progre
             progress(name)
     write_safetensors({"silence_latent": conv.silence_latent}, os.path.join(folder, SILENCE_FILE))
     copy_tokenizer(conv.tokenizer_json, os.path.join(folder, TOKENIZER_FILE))
+
+
+def fingerprint(folders: list[str], salt: str = "") -> str:
+    """A cheap identity of the checkpoint files in `folders`: sha256 over every (non-hidden) file's relative
+    name, size and first and last MiB (the whole file when smaller), plus `salt`. Reading gigabytes on every
+    run would be too slow; this tells checkpoints, conversions, dtypes and edited configs apart, but is no
+    integrity check (a bit flipped mid-file goes unseen)."""
+    h = hashlib.sha256(salt.encode())
+    for index, folder in enumerate(folders):
+        root = os.path.abspath(folder)
+        files = []
+        for base, dirs, names in os.walk(root, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [os.path.join(base, n) for n in names if not n.startswith(".")]
+        for path in sorted(files):
+            size = os.path.getsize(path)
+            h.update(f"{index}/{os.path.relpath(path, root)}\0{size}\0".encode())  # the folder's own name may vary
+            with open(path, "rb") as f:
+                h.update(f.read(FINGERPRINT_SAMPLE))
+                if size > 2 * FINGERPRINT_SAMPLE:
+                    f.seek(size - FINGERPRINT_SAMPLE)
+                    h.update(f.read(FINGERPRINT_SAMPLE))
+                elif size > FINGERPRINT_SAMPLE:
+                    h.update(f.read())
+    return "sha256:" + h.hexdigest()[:16]

@@ -21,7 +21,7 @@ import os
 import typing
 from dataclasses import dataclass
 
-from .safetensors_io import CONFIG_LIMIT, read_text_bounded
+from .safetensors_io import read_json_bounded
 
 FORMAT_VERSION = 2  # 2: pipeline.padding_side (the text tokenizer's configured side)
 ATTENTION_KINDS = ("full", "sliding")
@@ -284,15 +284,9 @@ def load_config(path: str | os.PathLike) -> AceStepConfig:
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     try:
-        text = read_text_bounded(path, CONFIG_LIMIT, "config file")
-    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8
+        data = read_json_bounded(path)
+    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8, not a JSON object
         raise ConfigError(str(e)) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
     version = data.pop("format_version", None)
     if version != FORMAT_VERSION:
         raise ConfigError(f"{path}: format_version is {version!r}, this library reads {FORMAT_VERSION}")

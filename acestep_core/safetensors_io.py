@@ -85,6 +85,18 @@ def read_text_bounded(path: str | os.PathLike, limit: int, what: str) -> str:
                          f"{e.start})") from None
 
 
+def read_json_bounded(path: str | os.PathLike, limit: int = CONFIG_LIMIT, what: str = "config file") -> dict:
+    """A JSON object from `read_text_bounded`; anything else (not JSON, not an object) is a one-line ValueError."""
+    text = read_text_bounded(path, limit, what)
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(path)}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{os.fspath(path)}: expected a JSON object")
+    return data
+
+
 def _read_header(path: str) -> tuple[int, int, bytes, dict | None, str | None]:
     """-> (file size, header length, first 8 bytes, parsed header, problem). Reads at most the header."""
     with open(path, "rb") as f:

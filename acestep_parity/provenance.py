@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 
-SAMPLE = 1 << 20  # bytes read from each end of a large file
+from acestep_core.checkpoint import fingerprint as checkpoint_fingerprint
 
 
 def command_line(argv: list[str]) -> str:
@@ -23,21 +22,5 @@ def checkpoint_folders(root: str, layout: str) -> list[str]:
 
 
 def fingerprint(folders: list[str]) -> str:
-    """A quick fingerprint of the files of `folders`: sha256 over every file's name, size and first and last MiB
-    (the whole file when smaller). It tells checkpoints apart; it is not an integrity check."""
-    h = hashlib.sha256()
-    for index, folder in enumerate(folders):
-        for base, dirs, files in os.walk(folder):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(base, name)
-                size = os.path.getsize(path)
-                h.update(f"{index}/{os.path.relpath(path, folder)}\0{size}\0".encode())  # the folder's name may vary
-                with open(path, "rb") as f:
-                    h.update(f.read(SAMPLE))
-                    if size > 2 * SAMPLE:
-                        f.seek(size - SAMPLE)
-                        h.update(f.read(SAMPLE))
-                    elif size > SAMPLE:
-                        h.update(f.read())
-    return "sha256:" + h.hexdigest()[:16]
+    """A quick identity of the files of `folders` (acestep_core.checkpoint.fingerprint); not an integrity check."""
+    return checkpoint_fingerprint(folders)
