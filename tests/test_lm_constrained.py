@@ -45,6 +45,17 @@ def fsm(tok):
 
 
 @pytest.fixture(scope="module")
+def fsm_wide(tok):
+    """A model head wider than the tokenizer, like the real 1.7B (217204 rows, tokens end at 215668)."""
+    return MetadataConstraint(tok, V + 1000)
+
+
+@pytest.fixture(scope="module")
+def fsm_240(tok):
+    return MetadataConstraint(tok, V, max_duration=240)
+
+
+@pytest.fixture(scope="module")
 def prompts():
     return json.loads((FIX / "reference" / "prompts.json").read_text())["prompt_token_ids"]
 
@@ -86,12 +97,13 @@ def unpack(packed):
 
 
 @pytest.mark.parametrize("name", ["cot_walk", "codes_walk"])
-@pytest.mark.parametrize("pad", [0, 1000])
-def test_fixture_walks_match_official(tok, prompts, name, pad):
+@pytest.mark.parametrize("which", ["fsm", "fsm_wide"])
+def test_fixture_walks_match_official(request, prompts, name, which):
     ref = load_file(FIX / "reference" / "fsm.safetensors")
     spec = json.loads((FIX / "reference" / "fsm_walks.json").read_text())[name]
     s = spec["settings"]
-    c = MetadataConstraint(tok, V + pad)  # pad > 0: a model head wider than the tokenizer (real 1.7B)
+    c = request.getfixturevalue(which)
+    pad = c.vocab_size - V
     c.configure(phase=s["generation_phase"], user_metadata=spec.get("user_metadata"),
                 stop_at_reasoning=s["stop_at_reasoning"], skip_genres=s.get("skip_genres", True),
                 skip_caption=s.get("skip_caption", False), skip_language=s.get("skip_language", False),
@@ -174,8 +186,8 @@ def test_generated_bpm_follows_the_prefix_tree(fsm, tok, prompts, digits):
 
 
 @pytest.mark.parametrize("digits", ["", "2", "24", "240", "9", "1", "10"])
-def test_generated_duration_respects_max_duration(tok, prompts, digits):
-    c = MetadataConstraint(tok, V, max_duration=240)
+def test_generated_duration_respects_max_duration(fsm_240, tok, prompts, digits):
+    c = fsm_240
     c.configure(phase="cot", skip_caption=True, user_metadata={"bpm": 100})
     got = _numeric_allowed(c, tok, prompts["phase1_cot_cond"], "DURATION_VALUE", digits)
     assert got == _expected_numeric(tok, range(DURATION_MIN, 241), digits)

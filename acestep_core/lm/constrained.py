@@ -67,8 +67,6 @@ How the official drives it (acestep/llm_inference.py) -- the planner should do t
   on the raw logits, then the same filters, sampling and ``update_state``.
 """
 
-import re
-
 import torch
 from tokenizers import Tokenizer
 
@@ -85,7 +83,6 @@ __all__ = [
 PHASES = ("cot", "codes", "understand")
 AUDIO_CODE_COUNT = 64000  # FSQ codebook size: <|audio_code_N|> with N >= 64000 is not a code
 CAPTION_MAX_TOKENS = 512
-_AUDIO_CODE = re.compile(r"^<\|audio_code_(\d+)\|>$")
 
 # Official FSMState names (only those the machine can reach).
 THINK_TAG, NEWLINE_AFTER_THINK, THINK_END_TAG = "THINK_TAG", "NEWLINE_AFTER_THINK", "THINK_END_TAG"
@@ -122,8 +119,8 @@ class MetadataConstraint:
         self.audio_code_offset = self._added_id("<|audio_code_0|>")
         self._think_end_ids = torch.tensor(self._ids("</think>"))
 
-        codes = [tid for tid, tok in tokenizer.get_added_tokens_decoder().items()
-                 if (m := _AUDIO_CODE.match(tok.content)) and int(m.group(1)) < AUDIO_CODE_COUNT]
+        codes = [tokenizer.token_to_id(f"<|audio_code_{n}|>") for n in range(AUDIO_CODE_COUNT)]
+        codes = [token_id for token_id in codes if token_id is not None]
         # Constant allowed masks, bool [vocab_size]; per-step whitelists are small id tensors instead.
         is_code = self._mask(codes)
         self._is_token = torch.arange(vocab_size) < n_tokens  # False on the head's padding rows
