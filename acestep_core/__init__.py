@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import hub
+from .lm.planner import load_planner  # noqa: F401  (the 5 Hz LM planner)
 from .pipeline import AceStepPipeline
 from .pipeline import load_pipeline as _load_local
 

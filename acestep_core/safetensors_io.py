@@ -27,7 +27,10 @@ def _check_header(path: str) -> None:
             head = f.read(8)
             if size == 0:
                 raise CheckpointError(f"{path}: empty file (0 bytes), expected a safetensors file")
-            if head[:1] == b"\x80" or head[:2] == b"PK":
+            # A pickle / torch zip starts with 0x80 / "PK"; a safetensors header length may too (its low byte can be
+            # 0x80), so those bytes only mean "pickle" when the length they spell does not fit in the file.
+            pickled = head[:1] == b"\x80" or head[:2] == b"PK"
+            if pickled and (len(head) < 8 or struct.unpack("<Q", head)[0] > size - 8):
                 raise CheckpointError(f"{path}: this is a pickle / torch.save file, not safetensors; refusing to unpickle it")
             if len(head) < 8:
                 raise CheckpointError(f"{path}: truncated ({size} bytes), expected a safetensors file")

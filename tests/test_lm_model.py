@@ -16,6 +16,16 @@ LM_DIR = FIX / "checkpoints" / "acestep-5Hz-lm-tiny"
 TOL = 1e-5
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's steps are a few microseconds of work each: with several threads every op waits for a
+    thread barrier, which on a shared, busy machine costs more than the work (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def tiny():
     model, tokenizer = load_lm(LM_DIR)

@@ -23,8 +23,7 @@ from acestep_core.lm.model import Qwen3LM
 from acestep_core.lm.tokenizer import LMTokenizer
 from acestep_core.safetensors_io import read_state_dict, write_safetensors
 
-from .configs import _TRANSFORMERS_META
-from .convert import ConversionError, rename_keys
+from . import convert  # a module reference: acestep_core imports this file while convert.py may be mid-import
 
 _LAYER = [
     "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
@@ -41,9 +40,18 @@ KEYS = [
     ("lm_head.weight", None),
 ]
 
-# Keys of a transformers Qwen3 config.json that do not change the forward pass (bookkeeping and generation
-# defaults), plus the sliding-window settings, which are checked to be off in `lm_config_from_transformers`.
-IGNORED = _TRANSFORMERS_META | {"max_window_layers", "sliding_window", "layer_types", "use_sliding_window"}
+# Keys of a transformers Qwen3 config.json that do not change the forward pass: bookkeeping, token ids and
+# generation defaults, dropout (training only), the position limit (a cache bound, not a weight), and the
+# sliding-window settings (checked to be off in `lm_config_from_transformers`).
+IGNORED = {
+    "architectures", "auto_map", "dtype", "torch_dtype", "transformers_version", "_name_or_path", "use_cache",
+    "initializer_range", "max_position_embeddings", "attention_dropout", "bos_token_id", "eos_token_id",
+    "pad_token_id", "max_window_layers", "sliding_window", "layer_types", "use_sliding_window",
+    "output_attentions", "output_hidden_states", "return_dict", "torchscript", "is_decoder", "is_encoder_decoder",
+    "tokenizer_class", "chunk_size_feed_forward", "pruned_heads", "problem_type", "id2label", "label2id",
+    "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_length", "min_length",
+    "num_beams", "use_bfloat16",
+}
 
 
 def lm_config_from_transformers(cfg: dict, where: str) -> LMConfig:
@@ -54,14 +62,14 @@ def lm_config_from_transformers(cfg: dict, where: str) -> LMConfig:
         used.add(key)
         if key not in cfg:
             if default is ...:
-                raise ConversionError(f"{where}: missing key {key!r}")
+                raise convert.ConversionError(f"{where}: missing key {key!r}")
             return default
         return cfg[key]
 
     def expect(key, default, allowed):
         value = get(key, default)
         if value not in allowed:
-            raise ConversionError(f"{where}: {key}={value!r} is not supported (expected one of {allowed!r})")
+            raise convert.ConversionError(f"{where}: {key}={value!r} is not supported (expected one of {allowed!r})")
 
     expect("model_type", None, ("qwen3",))
     expect("hidden_act", "silu", ("silu",))
@@ -69,14 +77,14 @@ def lm_config_from_transformers(cfg: dict, where: str) -> LMConfig:
     expect("rope_scaling", None, (None,))
     expect("tie_word_embeddings", True, (True,))  # an untied head would need its own weight
     if cfg.get("use_sliding_window"):
-        raise ConversionError(f"{where}: use_sliding_window=true is not supported")
+        raise convert.ConversionError(f"{where}: use_sliding_window=true is not supported")
     if any(t != "full_attention" for t in cfg.get("layer_types") or []):
-        raise ConversionError(f"{where}: only full-attention layers are supported, got {cfg['layer_types']!r}")
+        raise convert.ConversionError(f"{where}: only full-attention layers are supported, got {cfg['layer_types']!r}")
     rope_theta = get("rope_theta", None)
     if rope_theta is None:  # transformers 5 writes rope settings under rope_parameters
         rope_theta = (get("rope_parameters", None) or {}).get("rope_theta")
         if rope_theta is None:
-            raise ConversionError(f"{where}: missing key 'rope_theta'")
+            raise convert.ConversionError(f"{where}: missing key 'rope_theta'")
     else:
         get("rope_parameters", None)
     heads = get("num_attention_heads")
@@ -88,7 +96,7 @@ def lm_config_from_transformers(cfg: dict, where: str) -> LMConfig:
     )
     unknown = sorted(set(cfg) - used - IGNORED)
     if unknown:
-        raise ConversionError(f"{where}: unknown key {unknown[0]!r}; it is neither read nor in the documented "
+        raise convert.ConversionError(f"{where}: unknown key {unknown[0]!r}; it is neither read nor in the documented "
                               "ignore list (weights_convert/lm.py IGNORED)")
     return config
 
@@ -96,7 +104,7 @@ def lm_config_from_transformers(cfg: dict, where: str) -> LMConfig:
 def _check_tied_head(state_dict: dict[str, torch.Tensor], where: str) -> None:
     head, embed = state_dict.get("lm_head.weight"), state_dict.get("model.embed_tokens.weight")
     if head is not None and embed is not None and not torch.equal(head, embed):
-        raise ConversionError(f"{where}: lm_head.weight differs from model.embed_tokens.weight; only a tied head "
+        raise convert.ConversionError(f"{where}: lm_head.weight differs from model.embed_tokens.weight; only a tied head "
                               "is supported")
 
 
@@ -106,12 +114,12 @@ def check_lm_tensors(tensors: dict[str, torch.Tensor], config: LMConfig, where: 
         expected = {k: tuple(v.shape) for k, v in Qwen3LM(config).state_dict().items()}
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing:
-        raise ConversionError(f"{where}: missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise convert.ConversionError(f"{where}: missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
     if extra:
-        raise ConversionError(f"{where}: unexpected key {extra[0]!r}")
+        raise convert.ConversionError(f"{where}: unexpected key {extra[0]!r}")
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
-            raise ConversionError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, the config implies {shape}")
+            raise convert.ConversionError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, the config implies {shape}")
 
 
 def convert_lm_folder(src: str | os.PathLike) -> tuple[LMConfig, dict[str, torch.Tensor], str]:
@@ -122,19 +130,19 @@ def convert_lm_folder(src: str | os.PathLike) -> tuple[LMConfig, dict[str, torch
         with open(config_path, encoding="utf-8") as f:
             source = json.load(f)
     except FileNotFoundError:
-        raise ConversionError(f"{config_path}: file not found (not an LM folder)") from None
+        raise convert.ConversionError(f"{config_path}: file not found (not an LM folder)") from None
     except json.JSONDecodeError as e:
-        raise ConversionError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise convert.ConversionError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(source, dict):
-        raise ConversionError(f"{config_path}: expected a JSON object")
+        raise convert.ConversionError(f"{config_path}: expected a JSON object")
     config = lm_config_from_transformers(source, config_path)
     tokenizer_path = os.path.join(src, "tokenizer.json")
     tokenizer = LMTokenizer.from_file(tokenizer_path)  # ValueError when the audio-code tokens are missing
     if len(tokenizer) > config.vocab_size:
-        raise ConversionError(f"{src}: the tokenizer has {len(tokenizer)} tokens but vocab_size is {config.vocab_size}")
+        raise convert.ConversionError(f"{src}: the tokenizer has {len(tokenizer)} tokens but vocab_size is {config.vocab_size}")
     state_dict = read_state_dict(src, "model")
     _check_tied_head(state_dict, src)
-    tensors = rename_keys(state_dict, {"lm": KEYS}, src)["lm"]
+    tensors = convert.rename_keys(state_dict, {"lm": KEYS}, src)["lm"]
     check_lm_tensors(tensors, config, src)
     return config, tensors, tokenizer_path
 

@@ -19,8 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import Attention, PreNormBlock, RMSNorm, apply_rope, linear, rope_tables
+from ..layers import Attention, PreNormBlock, RMSNorm, SwiGLU, apply_rope, linear, rope_tables
 from .config import LMConfig
+
+
+DECODE_ROWS = 64  # below this many rows (a decode step) a projection runs through F.linear, see `_linear`
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T. Decode steps have 1-2 rows: there MKL's sgemm (F.linear) beats the oneDNN route that
+    `layers.linear` takes for fp32 on CPU (made for hundreds of rows); the prefill keeps that route."""
+    return F.linear(x, weight) if x.numel() < DECODE_ROWS * x.shape[-1] else linear(x, weight)
+
+
+def _linear(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _matmul(x, proj.weight)
+
+
+def _swiglu(mlp: SwiGLU, x: torch.Tensor) -> torch.Tensor:
+    return _linear(mlp.down_proj, F.silu(_linear(mlp.gate_proj, x)) * _linear(mlp.up_proj, x))
 
 
 class StaticCache:
@@ -89,8 +106,10 @@ class Qwen3LM(nn.Module):
     def _attend(self, attn: Attention, x: torch.Tensor, cos, sin, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 start: int, mask, causal: bool) -> torch.Tensor:
         b, steps, _ = x.shape
-        q = attn.q_norm(attn.q_proj(x).view(b, steps, attn.num_heads, attn.head_dim)).transpose(1, 2)  # [B, H, T, D]
-        k, v = attn.project_kv(x)  # [B, Hkv, T, D] each
+        q = _linear(attn.q_proj, x).view(b, steps, attn.num_heads, attn.head_dim)  # [B, T, H, D]
+        k = _linear(attn.k_proj, x).view(b, steps, attn.num_kv_heads, attn.head_dim)
+        v = _linear(attn.v_proj, x).view(b, steps, attn.num_kv_heads, attn.head_dim)
+        q, k, v = attn.q_norm(q).transpose(1, 2), attn.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # [B, H*, T, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         end = start + steps
         k_cache[:, :, start:end] = k
@@ -99,7 +118,7 @@ class Qwen3LM(nn.Module):
                                              is_causal=causal, scale=self.scale,
                                              enable_gqa=attn.num_heads != attn.num_kv_heads)
         out = out.transpose(1, 2).reshape(b, steps, attn.num_heads * attn.head_dim)  # [B, H, T, D] -> [B, T, H*D]
-        return attn.o_proj(out)
+        return _linear(attn.o_proj, out)
 
     def hidden(self, input_ids: torch.Tensor, cache: StaticCache, attention_mask: torch.Tensor | None = None
                ) -> torch.Tensor:
@@ -123,7 +142,7 @@ class Qwen3LM(nn.Module):
         for i, layer in enumerate(self.layers):
             h = h + self._attend(layer.self_attn, layer.input_layernorm(h), cos, sin, cache.keys[i], cache.values[i],
                                  start, mask, causal)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + _swiglu(layer.mlp, layer.post_attention_layernorm(h))
         cache.length = start + steps
         return self.norm(h)
 
@@ -134,7 +153,7 @@ class Qwen3LM(nn.Module):
         logits that hold exactly the values the official code upcasts before CFG and sampling.
         """
         w = self.embed_tokens.weight if rows is None else self.embed_tokens.weight[rows]
-        return linear(h, w).float()
+        return _matmul(h, w).float()
 
     def forward(self, input_ids: torch.Tensor, cache: StaticCache, attention_mask: torch.Tensor | None = None,
                 *, last_only: bool = True) -> torch.Tensor:
