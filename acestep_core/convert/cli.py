@@ -1,7 +1,8 @@
 """python -m weights_convert SRC DST [--to ours|diffusers] [--dtype fp32|bf16|fp16] [--variant NAME] [--force]
 
-SRC is an official `checkpoints/` folder (or the acestep-v15-* folder inside it) or a diffusers
-AceStepPipeline folder (with --to diffusers, also our layout); DST is written in our layout (see
+SRC is an official `checkpoints/` folder (or the acestep-v15-* folder inside it), a 5 Hz LM folder
+(`acestep-5Hz-lm-*`, written as our LM layout) or a diffusers AceStepPipeline folder (with --to diffusers,
+also our layout); DST is written in our layout (see
 acestep_core/checkpoint.py) or, with --to diffusers, as a diffusers AceStepPipeline folder (see
 acestep_core/convert/to_diffusers.py). Every error prints one line. Exit status: 0 written; 2 DST refused
 (a source, the current or home folder, a file, a link, or a folder this tool did not write: nothing was
@@ -26,6 +27,7 @@ from ..safetensors_io import CheckpointError
 from .configs import SourceConfigError
 from .convert import convert_checkpoint, write_checkpoint
 from .destination import DestinationError, check_destination
+from .lm import is_lm_folder, write_lm_checkpoint
 from .to_diffusers import read_source, write_diffusers
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -92,6 +94,13 @@ def _run(args, handlers: bool) -> int:
     try:
         # DST is checked before anything is read (and again by the writer once the source is read).
         check_destination(dst, force=args.force, sources=(args.src,))
+        if is_lm_folder(args.src):
+            if args.to == "diffusers":
+                raise CheckpointError(f"{args.src}: a 5 Hz LM folder has no diffusers layout (diffusers has no planner)")
+            write_lm_checkpoint(args.src, dst, force=args.force, dtype=args.dtype)
+            _ignore_signals(handlers)
+            print(f"converted 5 Hz LM {args.src} -> {args.dst} in {time.perf_counter() - start:.1f}s")
+            return 0
         if args.to == "diffusers":
             conv, write = read_source(args.src, args.variant), write_diffusers
         else:

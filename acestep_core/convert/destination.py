@@ -27,6 +27,7 @@ import tempfile
 from ..safetensors_io import CONFIG_LIMIT, CheckpointError, current_umask, read_text_bounded
 
 from ..components import COMPONENTS
+from ..lm.config import FORMAT as LM_FORMAT
 from .keymaps import DIFFUSERS_FOLDERS
 
 log = logging.getLogger("weights_convert")
@@ -39,6 +40,7 @@ MARKER_CONTENT = {"layout": "diffusers", "written_by": "python -m weights_conver
 # Everything a folder of each layout holds at its top level.
 OURS_ENTRIES = frozenset({"config.json", "tokenizer.json", "silence_latent.safetensors",
                           *(name + ".safetensors" for name in COMPONENTS)})
+LM_ENTRIES = frozenset({"config.json", "lm.safetensors", "tokenizer.json"})
 DIFFUSERS_ENTRIES = frozenset({"model_index.json", MARKER, "tokenizer", "scheduler",
                                *(folder for folder, _ in DIFFUSERS_FOLDERS.values())})
 
@@ -61,12 +63,14 @@ def _read_json(path: str) -> dict | None:
 
 
 def written_by_us(folder: str) -> str | None:
-    """"ours" / "diffusers" when `folder` is a checkpoint this tool wrote, holding nothing else; else None."""
+    """"ours" / "lm" / "diffusers" when `folder` is a checkpoint this tool wrote, holding nothing else; else None."""
     entries = set(os.listdir(folder))
     marker = _read_json(os.path.join(folder, MARKER)) if MARKER in entries else None
     config = _read_json(os.path.join(folder, "config.json")) if "config.json" in entries else None
     if marker is not None and marker.get("written_by") == MARKER_CONTENT["written_by"]:
         layout, expected = "diffusers", DIFFUSERS_ENTRIES
+    elif config is not None and config.get("format") == LM_FORMAT:
+        layout, expected = "lm", LM_ENTRIES
     elif config is not None and "format_version" in config:
         layout, expected = "ours", OURS_ENTRIES
     else:
