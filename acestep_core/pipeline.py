@@ -23,7 +23,9 @@ from .config import AceStepConfig
 from .generate import Condition, Guidance, Repaint, generate_latents
 from .loading import load_checkpoint
 from .oobleck import DECODE_CHUNK_FRAMES, ENCODE_CHUNK_SECONDS
+from .lm.planner import Planner, load_planner
 from .requests import Request, validate_request
+from .thinking import plan_kwargs
 from .text import TextTokenizer
 
 log = logging.getLogger("acestep_core")
@@ -38,11 +40,14 @@ class PipelineOutput:
     latents: torch.Tensor  # [B, T, 64] final latents
     sample_rate: int
     timings: dict = field(default_factory=dict)  # seconds per stage
+    plans: tuple | None = None  # thinking=True: the 5 Hz LM's Plan per item (metadata, caption, audio codes)
 
 
 class AceStepPipeline:
-    def __init__(self, config: AceStepConfig, modules: dict, silence_latent: torch.Tensor, tokenizer: TextTokenizer):
+    def __init__(self, config: AceStepConfig, modules: dict, silence_latent: torch.Tensor, tokenizer: TextTokenizer,
+                 planner: Planner | None = None):
         self.config = config
+        self.planner = planner  # the 5 Hz LM for thinking=True (acestep_core.lm), or None
         self.text_encoder = modules["text_encoder"]
         self.vae = modules["vae"]
         self.dit = modules["dit"]
@@ -117,6 +122,12 @@ class AceStepPipeline:
     def __call__(self, prompt=None, lyrics="", **kwargs) -> PipelineOutput | tuple:
         start = time.perf_counter()
         req: Request = validate_request(self.config, prompt=prompt, lyrics=lyrics, **kwargs)
+        plans = None
+        if req.thinking is not None:
+            # The LM plans first; the request is then checked again with the plan filled in.
+            planned, plans = plan_kwargs(self.planner, req, dict(prompt=prompt, lyrics=lyrics, **kwargs),
+                                         self._caption_fits(req))
+            req = validate_request(self.config, **planned)
         rules, rate = req.behaviour, self.sample_rate
         timings: dict[str, float] = {}
 
@@ -204,10 +215,20 @@ class AceStepPipeline:
                 audio = audio[..., :keep]
             lap("vae_decode")
             out = audio.cpu().numpy() if req.output_type == "np" else audio
-        result = PipelineOutput(out, latents, self.sample_rate, timings)
+        if plans is not None:
+            timings["planner"] = sum(p.timings.get("total_s", 0.0) for p in plans)
+        result = PipelineOutput(out, latents, self.sample_rate, timings, plans)
         return result if req.return_dict else (out,)
 
     # --- pieces of __call__ ----------------------------------------------------------------------------------
+
+    def _caption_fits(self, req: Request):
+        """caption -> whether it stays within the caption token limit once formatted like this request's."""
+        def fits(caption: str) -> bool:
+            text = prompts.format_caption(caption, req.instruction, bpm=req.bpm, timesignature=req.timesignature,
+                                          keyscale=req.keyscale, duration=req.audio_duration)
+            return self.tokenizer.count(text) <= self.tokenizer.caption_max_tokens
+        return fits
 
     def _check_token_limits(self, captions: list[str], lyric_texts: list[str]) -> None:
         """The official handler silently truncates (a long caption loses its metas, long lyrics their end);
@@ -333,17 +354,20 @@ def _normalize(audio: torch.Tensor) -> torch.Tensor:
 
 
 def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *, variant: str | None = None,
-                  compute_dtype: torch.dtype | None = None) -> AceStepPipeline:
+                  compute_dtype: torch.dtype | None = None, planner=None) -> AceStepPipeline:
     """Load a pipeline from our layout, an official `checkpoints/` folder (or a model folder inside it), a
     diffusers AceStepPipeline folder, or a Hugging Face Hub id ("owner/name" or "owner/name@revision"),
     which `hub.resolve_checkpoint` first downloads (only the chosen variant's files) into the Hub cache. An
     existing local path is never sent to the Hub.
 
     bf16 / fp16 on a CPU without that arithmetic keeps the weights in that dtype but computes in fp32
-    (compute_dtype=None decides; see loading.load_checkpoint)."""
+    (compute_dtype=None decides; see loading.load_checkpoint). planner: a 5 Hz LM folder (official
+    `acestep-5Hz-lm-*` or our LM layout) or a loaded `Planner`, for `pipe(..., thinking=True)`."""
+    if planner is not None and not isinstance(planner, Planner):
+        planner = load_planner(planner, device=device, dtype=dtype)
     local = hub.resolve_checkpoint(path, variant)
     ckpt = load_checkpoint(local, device=device, dtype=dtype, variant=variant, compute_dtype=compute_dtype)
     pc = ckpt.config.pipeline
     tok = TextTokenizer(ckpt.tokenizer_json, pad_token_id=pc.pad_token_id, caption_max_tokens=pc.text_max_tokens,
                         lyric_max_tokens=pc.lyric_max_tokens)
-    return AceStepPipeline(ckpt.config, ckpt.modules, ckpt.silence_latent, tok)
+    return AceStepPipeline(ckpt.config, ckpt.modules, ckpt.silence_latent, tok, planner)

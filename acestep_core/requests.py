@@ -79,6 +79,24 @@ class Request:
     behaviour: Behaviour
     mask_condition_padding: bool
     chunk_mask_mode: str
+    thinking: "Thinking | None"  # the 5 Hz LM planner's options when thinking=True, else None
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """`thinking=True`: the 5 Hz LM plans metadata and audio codes first (official default path). The lm_*
+    options are the planner's sampling settings (acestep_core.lm, `Planner.plan`), with the official defaults."""
+
+    use_cot_metas: bool
+    use_cot_caption: bool
+    use_cot_language: bool
+    lm_temperature: float
+    lm_cfg_scale: float
+    lm_top_k: int | None
+    lm_top_p: float | None
+    lm_repetition_penalty: float
+    lm_negative_prompt: str
+    language_given: bool  # the caller passed vocal_language: the LM's language does not replace it
 
 
 # --- small checkers ----------------------------------------------------------------------------------------
@@ -357,10 +375,32 @@ def _output_group(output_type, return_dict, vae_chunk_size, callback_on_step_end
                 sample_posterior=bool(sample_posterior))
 
 
+def _thinking_group(thinking, language_given: bool, use_cot_metas, use_cot_caption, use_cot_language,
+                    lm_temperature, lm_cfg_scale, lm_top_k, lm_top_p, lm_repetition_penalty,
+                    lm_negative_prompt) -> Thinking | None:
+    for name, value in (("thinking", thinking), ("use_cot_metas", use_cot_metas), ("use_cot_caption", use_cot_caption),
+                        ("use_cot_language", use_cot_language)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if not thinking:
+        return None
+    return Thinking(
+        use_cot_metas=use_cot_metas, use_cot_caption=use_cot_caption, use_cot_language=use_cot_language,
+        lm_temperature=_number("lm_temperature", lm_temperature, lo=0.0, hi=10.0),
+        lm_cfg_scale=_number("lm_cfg_scale", lm_cfg_scale, lo=0.0, hi=100.0),
+        lm_top_k=_number("lm_top_k", lm_top_k, lo=1, hi=2**31, integer=True, allow_none=True),
+        lm_top_p=_number("lm_top_p", lm_top_p, lo=0.0, hi=1.0, allow_none=True),
+        lm_repetition_penalty=_number("lm_repetition_penalty", lm_repetition_penalty, lo=0.01, hi=100.0),
+        lm_negative_prompt=_text("lm_negative_prompt", lm_negative_prompt), language_given=language_given)
+
+
+_NOT_GIVEN = object()  # vocal_language's default: "en", unless thinking lets the LM choose
+
+
 def validate_request(
     config: AceStepConfig,
     *,
-    prompt=None, lyrics="", audio_duration=None, vocal_language="en", num_inference_steps=None, guidance_scale=None,
+    prompt=None, lyrics="", audio_duration=None, vocal_language=_NOT_GIVEN, num_inference_steps=None, guidance_scale=None,
     shift=None, generator=None, latents=None, output_type="pt", return_dict=True, bpm=None, keyscale=None,
     timesignature=None, task_type="text2music", instruction=None, track_name=None, complete_track_classes=None,
     src_audio=None, reference_audio=None, audio_codes=None, repainting_start=None, repainting_end=None,
@@ -369,9 +409,16 @@ def validate_request(
     sample_posterior=False, vae_chunk_size=DECODE_CHUNK_FRAMES, progress=False, retake_seed=None,
     retake_variance=0.0, cover_noise_strength=0.0, infer_method="ode", sampler_mode="euler",
     velocity_norm_threshold=0.0, velocity_ema_factor=0.0, dcw_enabled=False, use_adg=False,
+    thinking=False, use_cot_metas=True, use_cot_caption=True, use_cot_language=True, lm_temperature=0.85,
+    lm_cfg_scale=2.0, lm_top_k=None, lm_top_p=0.9, lm_repetition_penalty=1.0, lm_negative_prompt="NO USER INPUT",
 ) -> Request:
     """Every public argument of `AceStepPipeline.__call__` checked against `config`; -> a Request."""
     rules = behaviours.pick(compat, behaviour)
+    language_given = vocal_language is not _NOT_GIVEN
+    vocal_language = vocal_language if language_given else "en"
+    think = _thinking_group(thinking, language_given, use_cot_metas, use_cot_caption, use_cot_language,
+                            lm_temperature, lm_cfg_scale, lm_top_k, lm_top_p, lm_repetition_penalty,
+                            lm_negative_prompt)
     if chunk_mask_mode is None:
         chunk_mask_mode = rules.chunk_mask_mode
     elif chunk_mask_mode not in behaviours.CHUNK_MASK_MODES:
@@ -397,7 +444,7 @@ def validate_request(
         if problem is not None:
             raise ValueError(f"{'src_audio' if fields['src_audio'] is not None else 'reference_audio'}: {problem}")
     return Request(**fields, behaviour=rules, mask_condition_padding=bool(mask_condition_padding),
-                   chunk_mask_mode=chunk_mask_mode)
+                   chunk_mask_mode=chunk_mask_mode, thinking=think)
 
 
 def parse_request(pipe, **kwargs) -> Request:
