@@ -43,6 +43,7 @@ MAX_PERIOD = 10000.0
 # (1024 patches = 82 s of audio; the dense mask would be 4 MB there and 225 MB at 10 minutes).
 BANDED_MIN_PATCHES = 1024
 BANDED_BLOCK = 256  # query patches per block
+POSITION_CACHE_SIZE = 8  # (length, dtype, device) entries of RoPE tables and masks kept per model
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ class DiT(nn.Module):
         self.proj_out = nn.ConvTranspose1d(d, cfg.latent_dim, kernel_size=p, stride=p)
         # Output AdaLN offsets (shift, scale); loaded from the checkpoint.
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+        # (num_patches, dtype, device) -> (rope tables, masks): they depend on the length only, so a sampler's
+        # steps and later songs of the same length reuse them. Not state: never saved, rebuilt on demand.
+        self._positions: dict = {}
 
     @property
     def context_dim(self) -> int:
@@ -169,6 +173,16 @@ class DiT(nn.Module):
         else:
             sliding = additive_mask(num_patches, window=window, dtype=dtype, device=device)
         return {"full": additive_mask(num_patches, dtype=dtype, device=device), "sliding": sliding}
+
+    def position_tables(self, num_patches: int, dtype: torch.dtype, device) -> tuple[tuple, dict]:
+        """(RoPE cos/sin [P, head_dim], self-attention masks per layer kind), built once per length."""
+        key = (num_patches, dtype, torch.device(device))
+        if key not in self._positions:
+            if len(self._positions) >= POSITION_CACHE_SIZE:
+                self._positions.pop(next(iter(self._positions)))  # oldest first: a dict keeps insertion order
+            rope = rope_tables(num_patches, self.cfg.head_dim, self.cfg.rope_theta, device, dtype)
+            self._positions[key] = (rope, self.self_attention_masks(num_patches, dtype, device))
+        return self._positions[key]
 
     def prepare_condition(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None
@@ -249,10 +263,8 @@ class DiT(nn.Module):
         # [B, T', C] -> [B, C, T'] -> conv -> [B, D, P] -> [B, P, D], made contiguous for the matmuls.
         h = self.proj_in(x.transpose(1, 2)).transpose(1, 2).contiguous()
 
-        # Position tables and masks: built once per call and shared by all layers.
-        num_patches = h.shape[1]
-        rope = rope_tables(num_patches, cfg.head_dim, cfg.rope_theta, h.device, h.dtype)
-        masks = self.self_attention_masks(num_patches, h.dtype, h.device)
+        # Position tables and masks: built once per length and shared by all layers and steps.
+        rope, masks = self.position_tables(h.shape[1], h.dtype, h.device)
         for layer, kind, kv in zip(self.layers, cfg.layer_types, cross_kv.kv):
             h = layer(h, modulation, rope=rope, self_mask=masks[kind], cross_kv=kv, cross_mask=cross_kv.mask)
 

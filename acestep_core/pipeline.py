@@ -53,6 +53,8 @@ class AceStepPipeline:
         self.tokenizer = tokenizer
         self.sample_rate = config.vae.sampling_rate
         self.hop = config.vae.hop_length
+        # (dtype, device) -> the timbre encoding [1, W] of the silence reference, a constant of the model.
+        self._silence_timbre: dict = {}
 
     @property
     def device(self) -> torch.device:
@@ -152,7 +154,7 @@ class AceStepPipeline:
         lap("text_encoder")
 
         refs, order = self._reference_latents(req, b)
-        states, mask = self.condition_encoder(text, text_mask, lyric, lyric_mask, refs, order)
+        states, mask = self._condition(text, text_mask, lyric, lyric_mask, refs, order)
         context = self._context(inputs, code_hints)
         cond = Condition(states, mask, context)
         non_cover = None
@@ -221,19 +223,29 @@ class AceStepPipeline:
                     where = name if len(texts) == 1 else f"{name}[{i}]"
                     raise ValueError(f"{where} is too long: {n} tokens once formatted, the model takes at most {limit}")
 
-    def _reference_latents(self, req: Request, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> packed reference latents [N, 750, 64] and the batch index of each [N]."""
+    def _reference_latents(self, req: Request, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """-> packed reference latents [N, 750, 64] (None: the silence reference) and the batch index of each [N]."""
         frames = self.config.condition.timbre_fix_frame
-        if req.reference_audio is None:
-            refs = self.silence_latent[:, :frames].expand(batch_size, -1, -1)
-        else:
-            wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
-            refs = self.encode_audio(wave, sample=req.sample_posterior, generator=derived.vae_generator(req),
-                                     chunk_seconds=req.behaviour.encode_chunk_seconds)[:, :frames]
-            if refs.shape[0] == 1:
-                refs = refs.expand(batch_size, -1, -1)
         order = torch.arange(batch_size, device=self.device)
+        if req.reference_audio is None:
+            return None, order
+        wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
+        refs = self.encode_audio(wave, sample=req.sample_posterior, generator=derived.vae_generator(req),
+                                 chunk_seconds=req.behaviour.encode_chunk_seconds)[:, :frames]
+        if refs.shape[0] == 1:
+            refs = refs.expand(batch_size, -1, -1)
         return refs.contiguous(), order
+
+    def _condition(self, text, text_mask, lyric, lyric_mask, refs, order) -> tuple[torch.Tensor, torch.Tensor]:
+        """The condition encoder; refs None: the silence reference, whose timbre encoding is computed once."""
+        if refs is not None:
+            return self.condition_encoder(text, text_mask, lyric, lyric_mask, refs, order)
+        key = (self.dtype, self.device)
+        if key not in self._silence_timbre:
+            silence = self.silence_latent[:, : self.config.condition.timbre_fix_frame]  # [1, 750, 64]
+            self._silence_timbre[key] = self.condition_encoder.timbre_encoder(silence)  # [1, W]
+        embeds = self._silence_timbre[key].expand(order.shape[0], -1)  # [1, W] -> [N, W], one per item
+        return self.condition_encoder(text, text_mask, lyric, lyric_mask, None, order, timbre_embeds=embeds)
 
     def _context(self, inputs: tasks.TaskInputs, code_hints: torch.Tensor | None) -> torch.Tensor:
         src = inputs.src_latents
@@ -254,7 +266,7 @@ class AceStepPipeline:
         ids, mask = self.tokenizer.encode_captions(captions, padding_side=padding)
         ids, mask = ids.to(self.device), mask.to(self.device)
         text = self.text_encoder(ids)
-        states, cmask = self.condition_encoder(text, mask, lyric, lyric_mask, refs, order)
+        states, cmask = self._condition(text, mask, lyric, lyric_mask, refs, order)
         if req.behaviour.cover_mix == "blend":
             return Condition(states, cmask, context)
         length = inputs.src_latents.shape[1]
