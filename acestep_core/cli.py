@@ -30,7 +30,7 @@ import time
 from .safetensors_io import read_text_bounded
 
 READ_RATE = 48000  # ACE-Step 1.5's VAE rate; input audio is read and checked at it before the model loads
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEFAULT_SECONDS = 10.0  # short enough for the CPU demo; the official minimum length is 5.12 s
 DEMO_NOTICE = "no checkpoint given: using a tiny RANDOM demo model; the output is noise"
 TEXT_FILE_LIMIT = 1 << 20  # @FILE arguments (lyrics, audio codes): real lyrics are a few KB
@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "folder, or a Hub id owner/name[@revision]; default: a tiny random demo model")
     src.add_argument("--variant",
                      help="model in a folder or repository holding several: turbo, base, sft, xl-turbo, ...")
-    src.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default fp32)")
+    src.add_argument("--dtype", choices=tuple(DTYPES), default="auto",
+                     help="model precision; auto (default): bf16 (bf16 matmuls, fp32 state) where the hardware has "
+                          "bf16 arithmetic, else fp32")
     src.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
 
     req = g.add_argument_group("song")
@@ -254,11 +256,14 @@ def generate(args) -> int:
 
     from . import audio_io
     from .pipeline import load_pipeline
+    from .precision import resolve_precision
     from .requests import parse_request
 
     start = time.perf_counter()
     inputs = _read_inputs(args)
-    device, dtype = inputs["device"], getattr(torch, DTYPES[args.dtype])
+    device = inputs["device"]
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, DTYPES[args.dtype])
+    precision = resolve_precision(dtype, device).summary  # what the load below will use, for the log line
     if device.type == "cpu" and args.dtype == "fp16":
         print("note: fp16 on the CPU is slow; fp32 or bf16 are faster there", file=sys.stderr)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
@@ -270,7 +275,7 @@ def generate(args) -> int:
         load_seconds = time.perf_counter() - t0
         if pipe.sample_rate != READ_RATE and (inputs["src_audio"] is not None or inputs["reference_audio"] is not None):
             raise CliError(f"the checkpoint's VAE runs at {pipe.sample_rate} Hz; input audio is read at {READ_RATE} Hz")
-        print(f"model: {pipe.config.pipeline.model_version} from {path} on {device} ({args.dtype}); seed {seed}",
+        print(f"model: {pipe.config.pipeline.model_version} from {path} on {device} ({args.dtype}: {precision}); seed {seed}",
               file=sys.stderr)
 
         kwargs = _request(args, inputs, seed)

@@ -31,7 +31,7 @@ from torch import nn
 
 from .checks import check_tensor, check_values
 from .config import ConditionConfig
-from .layers import EncoderStack
+from .layers import EncoderStack, Linear
 
 
 def pack_sequences(h1: torch.Tensor, m1: torch.Tensor, h2: torch.Tensor,
@@ -109,7 +109,7 @@ class ConditionEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         width = cfg.encoder.hidden_size
-        self.text_projector = nn.Linear(cfg.text_hidden_dim, width, bias=False)
+        self.text_projector = Linear(cfg.text_hidden_dim, width, bias=False)
         self.lyric_encoder = LyricEncoder(cfg)
         self.timbre_encoder = TimbreEncoder(cfg)
         self.null_condition_emb = nn.Parameter(torch.randn(1, 1, width))
@@ -159,7 +159,8 @@ class ConditionEncoder(nn.Module):
             raise ValueError(f"lyric_embeds: batch size {lyric_embeds.shape[0]} differs from "
                              f"text_hidden_states' {batch_size}")
 
-        text = self.text_projector(text_hidden_states)  # [B, Lt, W]
+        # In the state dtype of the other parts (fp32 in mixed precision, where the projection runs in bf16).
+        text = self.text_projector(text_hidden_states).to(self.null_condition_emb.dtype)  # [B, Lt, W]
         lyrics = self.lyric_encoder(lyric_embeds, lyric_mask)  # [B, Ll, W]
         timbre, timbre_mask = self.encode_timbre(refer_latents_packed, refer_order, batch_size,
                                                  timbre_embeds)  # [B, R, W]

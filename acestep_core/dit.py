@@ -174,6 +174,11 @@ class DiT(nn.Module):
             sliding = additive_mask(num_patches, window=window, dtype=dtype, device=device)
         return {"full": additive_mask(num_patches, dtype=dtype, device=device), "sliding": sliding}
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The attention dtype: bf16 in mixed precision, else the state dtype (scale_shift_table's)."""
+        return self.layers[0].self_attn.compute_dtype or self.scale_shift_table.dtype
+
     def position_tables(self, num_patches: int, dtype: torch.dtype, device) -> tuple[tuple, dict]:
         """(RoPE cos/sin [P, head_dim], self-attention masks per layer kind), built once per length."""
         key = (num_patches, dtype, torch.device(device))
@@ -192,7 +197,7 @@ class DiT(nn.Module):
         encoder_hidden_states: [B, L, condition_dim]. encoder_attention_mask: optional [B, L] (1 = real
         token); None reproduces the official model, which attends to the padded positions too.
         """
-        w = self.condition_embedder.weight
+        w = self.scale_shift_table  # the state dtype (fp32 in mixed precision) and the device
         check_tensor("encoder_hidden_states", encoder_hidden_states, (None, None, self.cfg.condition_dim),
                      f"[B, L, {self.cfg.condition_dim}] with L >= 1", dtype=w.dtype, device=w.device)
         b, length, _ = encoder_hidden_states.shape
@@ -201,7 +206,7 @@ class DiT(nn.Module):
             check_tensor("encoder_attention_mask", encoder_attention_mask, (b, length), f"[{b}, {length}] (B, L)",
                          kind="any", device=w.device)
             # Query length 1: the [B, 1, 1, L] mask broadcasts over heads and every latent position.
-            mask = key_padding_mask(encoder_attention_mask, 1, w.dtype)
+            mask = key_padding_mask(encoder_attention_mask, 1, self.compute_dtype)
         c = self.condition_embedder(encoder_hidden_states)  # [B, L, Dc] -> [B, L, D]
         # Contiguous K/V once here, instead of strided views re-read by every sampler step.
         kv = tuple(
@@ -264,7 +269,7 @@ class DiT(nn.Module):
         h = self.proj_in(x.transpose(1, 2)).transpose(1, 2).contiguous()
 
         # Position tables and masks: built once per length and shared by all layers and steps.
-        rope, masks = self.position_tables(h.shape[1], h.dtype, h.device)
+        rope, masks = self.position_tables(h.shape[1], self.compute_dtype, h.device)
         for layer, kind, kv in zip(self.layers, cfg.layer_types, cross_kv.kv):
             h = layer(h, modulation, rope=rope, self_mask=masks[kind], cross_kv=kv, cross_mask=cross_kv.mask)
 

@@ -17,7 +17,7 @@ from .checkpoint import LoadedCheckpoint, detect_layout, read_ours
 from .components import COMPONENTS, build_module, expected_shapes  # noqa: F401  (expected_shapes: public here too)
 from .config import AceStepConfig, check_consistency
 from .convert.convert import convert_checkpoint, convert_config
-from .precision import native_compute, store_low_compute_fp32
+from .precision import apply_precision, resolve_precision
 from .safetensors_io import CheckpointError
 
 log = logging.getLogger("acestep_core")
@@ -83,13 +83,15 @@ def check_silence_latent(silence: torch.Tensor, config: AceStepConfig, where: st
         raise CheckpointError(f"{where}: the silence latent holds non-finite values (NaN or inf)")
 
 
-def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype = torch.float32,
-                    variant: str | None = None, compute_dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype | str = torch.float32,
+                    variant: str | None = None, compute_dtype: torch.dtype | None = None,
+                    precision: str | None = None) -> LoadedCheckpoint:
     """Load our layout, or convert an official / diffusers folder in memory and load that.
 
-    dtype is the weights' dtype. compute_dtype=None computes in `dtype` where the device has hardware for
-    it, and otherwise keeps the weights in `dtype` but computes in fp32 (see precision.py); pass
-    torch.float32 to force that mode, or `dtype` to force native low-precision compute.
+    dtype is the weights' dtype ("auto": bf16 where the device has bf16 arithmetic, else fp32). bf16 / fp16
+    weights compute in mixed precision (bf16 matmuls, fp32 state) where the device has the arithmetic, and
+    otherwise in fp32 (precision.py); precision="pure-bf16" runs everything in bf16, compute_dtype=torch.float32
+    forces the fp32-compute mode.
     """
     path = os.fspath(path)
     try:
@@ -108,23 +110,17 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
                                                        conv.tokenizer_json)
     check_consistency(config, root)
     check_silence_latent(silence_latent, config, os.path.join(root, "silence_latent"))
-    if compute_dtype is None:
-        compute_dtype = dtype if native_compute(dtype, device) else torch.float32
-    if compute_dtype not in (dtype, torch.float32):
-        raise ValueError(f"compute_dtype must be None, torch.float32 or the weight dtype {dtype}, got {compute_dtype}")
-    emulated = compute_dtype != dtype
-    if emulated:
+    mode = resolve_precision(dtype, device, precision, compute_dtype)
+    if mode.name == "emulated":
         log.warning("%s weights with float32 compute: %s has no %s arithmetic (half the weight memory, fp32 speed)",
-                    dtype, device, dtype)
+                    mode.weights, device, mode.weights)
     modules = {}
     for c in COMPONENTS:
-        # Emulated mode: the VAE (small, convolution-bound) simply runs in fp32.
-        weight_dtype = torch.float32 if (emulated and c == "vae") else dtype
-        module = load_module(c, config, tensors[c], device=device, dtype=weight_dtype, where=os.path.join(root, c),
+        module = load_module(c, config, tensors[c], device=device, where=os.path.join(root, c),
                              origins=conv.origins.get(c), source=conv.source)
-        modules[c] = store_low_compute_fp32(module, dtype) if (emulated and c != "vae") else module
-    # The silence latent feeds the DiT context and the timbre encoder: in the compute dtype.
-    silence_latent = silence_latent.to(device=device, dtype=compute_dtype)
+        modules[c] = apply_precision(module, c, mode)
+    # The silence latent feeds the DiT context and the timbre encoder: in the state dtype.
+    silence_latent = silence_latent.to(device=device, dtype=mode.state)
     return LoadedCheckpoint(config, modules, silence_latent, tokenizer_json)
 
 
