@@ -84,8 +84,9 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The float32 features are cast to the weights' dtype (the official casts to t's dtype,
-        # which its sampler keeps equal to the model dtype).
-        freq = timestep_sinusoid(t).to(self.linear_1.weight.dtype)
+        # which its sampler keeps equal to the model dtype); read from the bias, which stays a float
+        # when the weight is int8 (quantize.py).
+        freq = timestep_sinusoid(t).to(self.linear_1.bias.dtype)
         temb = self.linear_2(F.silu(self.linear_1(freq)))  # [B, D]
         proj = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))  # [B, 6 * D] -> [B, 6, D]
         return temb, proj

@@ -163,6 +163,8 @@ class Attention(nn.Module):
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, L, C] -> normed keys and values, each [B, Hkv, L, D] (no rotary)."""
         b, length, _ = x.shape
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)  # the condition may arrive in the state dtype (mixed precision)
         k = self.k_norm(self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
         return k, v

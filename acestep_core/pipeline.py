@@ -320,7 +320,8 @@ def _normalize(audio: torch.Tensor) -> torch.Tensor:
 
 
 def load_pipeline(path, device="cpu", dtype: torch.dtype | str = torch.float32, *, variant: str | None = None,
-                  compute_dtype: torch.dtype | None = None, precision: str | None = None) -> AceStepPipeline:
+                  compute_dtype: torch.dtype | None = None, precision: str | None = None,
+                  quantize: str | None = None) -> AceStepPipeline:
     """Load a pipeline from our layout, an official `checkpoints/` folder (or a model folder inside it), a
     diffusers AceStepPipeline folder, or a Hugging Face Hub id ("owner/name" or "owner/name@revision"),
     which `hub.resolve_checkpoint` first downloads (only the chosen variant's files) into the Hub cache. An
@@ -329,10 +330,10 @@ def load_pipeline(path, device="cpu", dtype: torch.dtype | str = torch.float32, 
     dtype=torch.bfloat16 computes in mixed precision (bf16 matmuls and attention, fp32 residual stream, norms,
     AdaLN and timestep path) where the hardware has bf16 arithmetic and in fp32 elsewhere; precision="pure-bf16"
     runs everything in bf16 (the official code on GPU); dtype="auto" picks bf16 or fp32 for the hardware
-    (precision.py, loading.load_checkpoint)."""
+    (precision.py, loading.load_checkpoint). quantize="int8": int8 weight-only Linear layers (quantize.py)."""
     local = hub.resolve_checkpoint(path, variant)
     ckpt = load_checkpoint(local, device=device, dtype=dtype, variant=variant, compute_dtype=compute_dtype,
-                           precision=precision)
+                           precision=precision, quantize=quantize)
     pc = ckpt.config.pipeline
     tok = TextTokenizer(ckpt.tokenizer_json, pad_token_id=pc.pad_token_id, caption_max_tokens=pc.text_max_tokens,
                         lyric_max_tokens=pc.lyric_max_tokens)

@@ -1,4 +1,4 @@
-"""python -m weights_convert SRC DST [--to ours|diffusers] [--dtype fp32|bf16|fp16] [--variant NAME] [--force]
+"""python -m weights_convert SRC DST [--to ours|diffusers] [--dtype fp32|bf16|fp16] [--quantize int8] [--variant NAME] [--force]
 
 SRC is an official `checkpoints/` folder (or the acestep-v15-* folder inside it) or a diffusers
 AceStepPipeline folder (with --to diffusers, also our layout); DST is written in our layout (see
@@ -50,6 +50,9 @@ def main(argv=None) -> int:
                         help="layout of DST: ours (default) or a diffusers AceStepPipeline folder")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="store tensors in this dtype (default: keep the source dtype)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="ours only: int8 weight-only Linear layers (per output channel) in the DiT, condition "
+                             "and text encoders, half the memory of bf16")
     parser.add_argument("--variant", default=None, help="model folder to pick from an official checkpoints/ folder, "
                                                          "e.g. turbo, base, sft, xl-turbo")
     parser.add_argument("--force", action="store_true",
@@ -93,12 +96,16 @@ def _run(args, handlers: bool) -> int:
         # DST is checked before anything is read (and again by the writer once the source is read).
         check_destination(dst, force=args.force, sources=(args.src,))
         if args.to == "diffusers":
+            if args.quantize:
+                print("error: --quantize writes our layout only (diffusers has no int8 layout here)", file=sys.stderr)
+                return 2
             conv, write = read_source(args.src, args.variant), write_diffusers
         else:
             conv, write = convert_checkpoint(args.src, args.variant), write_checkpoint
+        extra = {"quantize": args.quantize} if args.quantize else {}
         with tqdm(total=len(COMPONENTS), desc="writing", unit="file") as bar:
             write(conv, dst, dtype=args.dtype, force=args.force,
-                  progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+                  progress=lambda name: (bar.set_postfix_str(name), bar.update()), **extra)
         _ignore_signals(handlers)
     except DestinationError as e:
         print(f"error: {e}", file=sys.stderr)
