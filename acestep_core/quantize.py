@@ -12,13 +12,15 @@ plus `x.bias` when it has one; `quantization.json` in our folder names the schem
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .layers import linear
 
 SCHEMES = ("int8",)
 QUANTIZED_COMPONENTS = ("dit", "condition", "text_encoder")  # the large matmul stacks; the VAE is convolutions
 SCALE_SUFFIX = ".weight_scale"
 _INT8_MAX = 127
+INT8_KERNEL_MAX_ROWS = 16  # rows up to which torch's int8-weight CPU kernel is used (see Int8Linear.forward)
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,11 +56,17 @@ class Int8Linear(nn.Module):
         scale = self.weight_scale.to(x.dtype)
         # The CPU kernel (torch 2.13) gave wrong bf16 results for K = 24 and crashed for K = 7; every K that is
         # a multiple of 32 we tried (32 ... 3072) matched the dequantized matmul, so smaller or odd K go around it.
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and self.in_features % 32 == 0:
+        # The kernel is built for few rows (token-by-token decoding): on a 2-core EPYC it made a mid-size DiT
+        # (~125 rows per matmul) 9x slower than fp32, so from INT8_KERNEL_MAX_ROWS rows on the weight is
+        # dequantized (one pass over N x K, small next to the M x N x K matmul) and the float GEMM runs.
+        rows = x.numel() // self.in_features
+        if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and self.in_features % 32 == 0
+                and rows <= INT8_KERNEL_MAX_ROWS):
             flat = x.reshape(-1, self.in_features)  # [..., K] -> [M, K]
             out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, scale).view(*x.shape[:-1], self.out_features)
         else:
-            out = F.linear(x, self.weight.to(x.dtype)) * scale  # dequantized: codes as floats, scaled per column
+            weight = self.weight.to(x.dtype) * scale[:, None]  # dequantized [N, K] in x's dtype
+            out = linear(x, weight)
         # The bias in the output's dtype, so the result keeps x's dtype (q, k and v must share one for SDPA).
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
