@@ -8,6 +8,8 @@ Our layout is one folder:
                                   audio_detokenizer)
     silence_latent.safetensors    key "silence_latent", [1, T, 64] time-major
     tokenizer.json                the caption / lyric tokenizer
+    quantization.json             only in a quantized folder: {"scheme": "int8", "components": [...]}; those
+                                  components' Linear weights are int8 with `<name>.weight_scale` (quantize.py)
 
 The official (`checkpoints/acestep-v15-*`, `vae/`, `Qwen3-Embedding-0.6B/`) and diffusers (`model_index.json`)
 layouts are only recognised here; converting them is `acestep_core.convert`. This module is the one reader
@@ -17,13 +19,14 @@ and the one writer of our folder, for the converter, the loader and the demo mod
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .components import COMPONENTS
+from .components import COMPONENTS, build_module
 from .config import AceStepConfig, load_config, save_config
 from .safetensors_io import (
     TOKENIZER_LIMIT,
@@ -33,11 +36,13 @@ from .safetensors_io import (
     read_text_bounded,
     write_safetensors,
 )
+from .quantize import QUANTIZED_COMPONENTS, SCHEMES, linear_weight_keys, quantize_state_dict
 from .text import parse_tokenizer
 
 LAYOUTS = ("ours", "official", "diffusers")
 SILENCE_FILE = "silence_latent.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+QUANTIZATION_FILE = "quantization.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINGERPRINT_SAMPLE = 1 << 20  # bytes hashed from each end of a large file
 
@@ -55,6 +60,7 @@ class Converted:
     origins: dict[str, dict[str, str]] = field(default_factory=dict)
     # The files and folders read; a destination may not equal, contain or lie inside any of them.
     inputs: tuple[str, ...] = ()
+    quantize: str | None = None  # "int8": the QUANTIZED_COMPONENTS hold int8 Linear weights and scales
 
 
 @dataclass
@@ -133,26 +139,53 @@ def read_ours(root: str) -> Converted:
         raise CheckpointError(f"{silence_path}: missing key 'silence_latent'")
     tokenizer_json = os.path.join(root, TOKENIZER_FILE)
     load_tokenizer(tokenizer_json)
-    return Converted(config, components, silence["silence_latent"], tokenizer_json, "ours", inputs=(root,))
+    quantize = None
+    if os.path.exists(os.path.join(root, QUANTIZATION_FILE)):
+        quantize = _read_quantization(os.path.join(root, QUANTIZATION_FILE))
+    return Converted(config, components, silence["silence_latent"], tokenizer_json, "ours", inputs=(root,),
+                     quantize=quantize)
 
 
-def write_ours(conv: Converted, folder: str, *, dtype: str | None = None, progress=None) -> None:
+def _read_quantization(path: str) -> str:
+    """quantization.json -> its scheme; anything but what write_ours writes is an error naming the file."""
+    data = read_json(path)
+    if data != {"scheme": data.get("scheme"), "components": list(QUANTIZED_COMPONENTS)} or data["scheme"] not in SCHEMES:
+        raise CheckpointError(f"{path}: expected {{\"scheme\": one of {list(SCHEMES)}, \"components\": "
+                              f"{list(QUANTIZED_COMPONENTS)}}}, got {data}")
+    return data["scheme"]
+
+
+def write_ours(conv: Converted, folder: str, *, dtype: str | None = None, quantize: str | None = None,
+               progress=None) -> None:
     """Write `conv` into `folder` (which exists and is empty; the caller makes the write atomic).
 
-    dtype: "fp32" / "bf16" / "fp16" for every floating tensor, None keeps them. progress(name) after each file.
+    dtype: "fp32" / "bf16" / "fp16" for every floating tensor, None keeps them. quantize="int8": the Linear
+    weights of QUANTIZED_COMPONENTS as int8 codes with float32 scales. progress(name) after each file.
     """
+    if quantize is not None and quantize not in SCHEMES:
+        raise ValueError(f"quantize must be None or one of {SCHEMES}, got {quantize!r}")
+    if conv.quantize is not None and quantize not in (None, conv.quantize):
+        raise ValueError(f"the source is already quantized ({conv.quantize}); it cannot be re-quantized as {quantize}")
+    quantize = quantize or conv.quantize
     target = DTYPES[dtype] if dtype else None
     save_config(conv.config, os.path.join(folder, "config.json"))
     for name in COMPONENTS:
         tensors = conv.components[name]
+        if quantize is not None and conv.quantize is None and name in QUANTIZED_COMPONENTS:
+            # From the source precision, before any dtype change: the scales stay float32.
+            tensors = quantize_state_dict(tensors, linear_weight_keys(build_module(name, conv.config, "meta")))
         if target is not None:
-            # Only floating tensors change precision; none of ours are integer, but stay safe.
-            tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}
+            # Only floating tensors change precision (int8 codes stay); scales keep float32.
+            tensors = {k: v.to(target) if v.is_floating_point() and not k.endswith(".weight_scale") else v
+                       for k, v in tensors.items()}
         write_safetensors(tensors, os.path.join(folder, name + ".safetensors"))
         if progress is not None:
             progress(name)
     write_safetensors({"silence_latent": conv.silence_latent}, os.path.join(folder, SILENCE_FILE))
     copy_tokenizer(conv.tokenizer_json, os.path.join(folder, TOKENIZER_FILE))
+    if quantize is not None:
+        with open(os.path.join(folder, QUANTIZATION_FILE), "w", encoding="utf-8") as f:
+            json.dump({"scheme": quantize, "components": list(QUANTIZED_COMPONENTS)}, f)
 
 
 def fingerprint(folders: list[str], salt: str = "") -> str:

@@ -30,7 +30,7 @@ import time
 from .safetensors_io import read_text_bounded
 
 READ_RATE = 48000  # ACE-Step 1.5's VAE rate; input audio is read and checked at it before the model loads
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEFAULT_SECONDS = 10.0  # short enough for the CPU demo; the official minimum length is 5.12 s
 DEMO_NOTICE = "no checkpoint given: using a tiny RANDOM demo model; the output is noise"
 TEXT_FILE_LIMIT = 1 << 20  # @FILE arguments (lyrics, audio codes): real lyrics are a few KB
@@ -75,16 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
                           "folder, or a Hub id owner/name[@revision]; default: a tiny random demo model")
     src.add_argument("--variant",
                      help="model in a folder or repository holding several: turbo, base, sft, xl-turbo, ...")
-    src.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model precision (default fp32)")
+    src.add_argument("--dtype", choices=tuple(DTYPES), default="auto",
+                     help="model precision; auto (default): bf16 (bf16 matmuls, fp32 state) where the hardware has "
+                          "bf16 arithmetic, else fp32")
     src.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
     src.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                      help="a LoRA / LoKr adapter (PEFT folder, diffusers or LyCORIS file) and its scale (default 1); "
                           "repeatable, all active")
 
+    think = g.add_argument_group("planner (the 5 Hz LM, official 'thinking')")
+    think.add_argument("--think", action="store_true",
+                       help="let the 5 Hz LM plan the song first: metadata left empty, caption, audio codes")
+    think.add_argument("--lm", metavar="DIR", help="5 Hz LM folder (default: an acestep-5Hz-lm-* folder in the checkpoint)")
+
     req = g.add_argument_group("song")
     req.add_argument("--prompt", default="", help="caption: genre, mood, instruments, ...")
     req.add_argument("--lyrics", default="", metavar="TEXT|@FILE", help="lyrics, or @path to a UTF-8 file")
-    req.add_argument("--language", default="en", help="vocal language code (en, zh, ja, ..., unknown)")
+    req.add_argument("--language", help="vocal language code (en, zh, ja, ..., unknown; default en, or the LM's "
+                                        "choice with --think)")
     req.add_argument("--duration", type=float, metavar="SECONDS",
                      help=f"length (default {DEFAULT_SECONDS:g}; with --src-audio or --audio-codes, theirs)")
     req.add_argument("--bpm", type=int)
@@ -107,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--track-name", help="track for extract / lego, e.g. vocals, drums")
     task.add_argument("--complete-tracks", metavar="A,B", help="tracks to add for complete, comma separated")
 
+    _plan_parser(commands)
     out = g.add_argument_group("output")
     out.add_argument("--out", default="song.wav", metavar="FILE.wav|FILE.flac", help="output file (default song.wav)")
     out.add_argument("--batch", type=int, default=1, metavar="N",
@@ -115,6 +124,66 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- inputs ------------------------------------------------------------------------------------------------
+
+def _plan_parser(commands) -> None:
+    p = commands.add_parser("plan", help="plan a song with the 5 Hz LM alone: metadata, caption and audio codes",
+                            description="Run the 5 Hz LM planner (official 'thinking') and print or save its plan.")
+    p.add_argument("--lm", required=True, metavar="DIR", help="5 Hz LM folder (official acestep-5Hz-lm-* or ours)")
+    p.add_argument("--prompt", default="", help="caption")
+    p.add_argument("--lyrics", default="", metavar="TEXT|@FILE", help="lyrics, or @path to a UTF-8 file")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="length (default: the LM decides)")
+    p.add_argument("--bpm", type=int)
+    p.add_argument("--key", metavar="KEYSCALE")
+    p.add_argument("--time-signature", metavar="BEATS")
+    p.add_argument("--language", help="vocal language code (default: the LM decides)")
+    p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--json", metavar="FILE", help="write the plan (metadata, caption, audio codes, timings) here")
+
+
+def _plan_command(args) -> int:
+    import json
+
+    import torch
+
+    from .lm.planner import load_planner
+
+    lyrics = _text_or_file(args.lyrics, "--lyrics")
+    for value, flag in ((args.prompt, "--prompt"), (lyrics, "--lyrics")):
+        _check_utf8(value, flag)
+    device = _device(args.device)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    planner = load_planner(args.lm, device=device, dtype=getattr(torch, DTYPES[args.dtype]))
+    print(f"planner: {args.lm} on {device} ({args.dtype}); seed {seed}", file=sys.stderr)
+    try:
+        plan = planner.plan(args.prompt, lyrics, bpm=args.bpm, keyscale=args.key, timesignature=args.time_signature,
+                            duration=args.duration, vocal_language=args.language, seed=seed)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e), 2) from None
+    record = {"metadata": plan.metadata, "caption": plan.caption, "audio_codes": plan.audio_codes,
+              "num_codes": len(plan.codes), "seed": seed, "timings": plan.timings}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    meta = ", ".join(f"{k}: {v}" for k, v in sorted(plan.metadata.items()) if k != "caption")
+    print(f"plan: {meta}; {len(plan.codes)} audio codes" + (f"; wrote {args.json}" if args.json else ""))
+    return 0
+
+
+def _planner_folder(args, checkpoint: str) -> str:
+    """--lm, else the one acestep-5Hz-lm-* folder of an official checkpoints/ folder (1.7B preferred, the
+    official default)."""
+    if args.lm is not None:
+        return args.lm
+    root = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    for folder in (root, os.path.dirname(root)):
+        names = sorted(n for n in os.listdir(folder) if n.startswith("acestep-5Hz-lm-")) if os.path.isdir(folder) else []
+        if names:
+            return os.path.join(folder, "acestep-5Hz-lm-1.7B" if "acestep-5Hz-lm-1.7B" in names else names[0])
+    raise CliError("--think needs the 5 Hz LM: pass --lm DIR (e.g. checkpoints/acestep-5Hz-lm-1.7B)", 2)
+
 
 def _check_utf8(value: str | None, flag: str) -> None:
     if value is None:
@@ -234,14 +303,16 @@ def _lora_spec(value: str) -> tuple[str, float]:
 def _request(args, inputs: dict, seed: int) -> dict:
     """The pipeline's keyword arguments (acestep_core.requests.parse_request)."""
     duration = args.duration
-    if duration is None and inputs["src_audio"] is None and inputs["audio_codes"] is None:
-        duration = DEFAULT_SECONDS
+    if duration is None and inputs["src_audio"] is None and inputs["audio_codes"] is None and not args.think:
+        duration = DEFAULT_SECONDS  # with --think, the LM decides the length
     src, ref = inputs["src_audio"], inputs["reference_audio"]
     tracks = None
     if args.complete_tracks is not None:
         tracks = [t.strip() for t in args.complete_tracks.split(",") if t.strip()]
+    language = {} if args.language is None else {"vocal_language": args.language}
     return dict(
-        prompt=[args.prompt] * args.batch, lyrics=inputs["lyrics"], vocal_language=args.language,
+        **language, thinking=bool(args.think),
+        prompt=[args.prompt] * args.batch, lyrics=inputs["lyrics"],
         audio_duration=duration, num_inference_steps=args.steps, shift=args.shift, guidance_scale=args.guidance,
         seed=seed, bpm=args.bpm, keyscale=args.key, timesignature=args.time_signature, task_type=args.task,
         track_name=args.track_name, complete_track_classes=tracks,
@@ -276,11 +347,14 @@ def generate(args) -> int:
 
     from . import audio_io
     from .pipeline import load_pipeline
+    from .precision import resolve_precision
     from .requests import parse_request
 
     start = time.perf_counter()
     inputs = _read_inputs(args)
-    device, dtype = inputs["device"], getattr(torch, DTYPES[args.dtype])
+    device = inputs["device"]
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, DTYPES[args.dtype])
+    precision = resolve_precision(dtype, device).summary  # what the load below will use, for the log line
     if device.type == "cpu" and args.dtype == "fp16":
         print("note: fp16 on the CPU is slow; fp32 or bf16 are faster there", file=sys.stderr)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
@@ -288,13 +362,14 @@ def generate(args) -> int:
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
         path = _checkpoint(args, stack)  # a Hub download or the demo's first build happen here
-        pipe = load_pipeline(path, device, dtype, variant=args.variant)
+        planner = _planner_folder(args, path) if args.think else None
+        pipe = load_pipeline(path, device, dtype, variant=args.variant, planner=planner)
         for lora, scale in inputs["lora"]:
             pipe.load_adapter(lora, scale=scale)
         load_seconds = time.perf_counter() - t0
         if pipe.sample_rate != READ_RATE and (inputs["src_audio"] is not None or inputs["reference_audio"] is not None):
             raise CliError(f"the checkpoint's VAE runs at {pipe.sample_rate} Hz; input audio is read at {READ_RATE} Hz")
-        print(f"model: {pipe.config.pipeline.model_version} from {path} on {device} ({args.dtype}); seed {seed}",
+        print(f"model: {pipe.config.pipeline.model_version} from {path} on {device} ({args.dtype}: {precision}); seed {seed}",
               file=sys.stderr)
 
         kwargs = _request(args, inputs, seed)
@@ -308,6 +383,9 @@ def generate(args) -> int:
     written = _write_outputs(inputs["out"], result.audios, result.sample_rate)
     timings = {"load": load_seconds, **result.timings, "write": time.perf_counter() - t0}
 
+    for i, plan in enumerate(result.plans or ()):
+        meta = ", ".join(f"{k}: {v}" for k, v in sorted(plan.metadata.items()) if k != "caption")
+        print(f"plan{'' if len(result.plans) == 1 else f' {i}'}: {meta}; {len(plan.codes)} audio codes")
     seconds = result.audios.shape[-1] / result.sample_rate
     kind = audio_io.FORMATS[audio_io.output_format(written[0])]
     for p in written:
@@ -397,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         return batch_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
-        return generate(args)
+        return _plan_command(args) if args.command == "plan" else generate(args)
     except CliError as e:
         return _fail(str(e), e.status)
     except KeyboardInterrupt:  # before any output was written (_write_outputs reports the writes)

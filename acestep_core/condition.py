@@ -31,7 +31,7 @@ from torch import nn
 
 from .checks import check_tensor, check_values
 from .config import ConditionConfig
-from .layers import EncoderStack
+from .layers import EncoderStack, Linear
 
 
 def pack_sequences(h1: torch.Tensor, m1: torch.Tensor, h2: torch.Tensor,
@@ -109,17 +109,27 @@ class ConditionEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         width = cfg.encoder.hidden_size
-        self.text_projector = nn.Linear(cfg.text_hidden_dim, width, bias=False)
+        self.text_projector = Linear(cfg.text_hidden_dim, width, bias=False)
         self.lyric_encoder = LyricEncoder(cfg)
         self.timbre_encoder = TimbreEncoder(cfg)
         self.null_condition_emb = nn.Parameter(torch.randn(1, 1, width))
 
-    def encode_timbre(self, refer_latents_packed: torch.Tensor, refer_order: torch.Tensor,
-                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """refer_latents_packed [N, Tr, 64], refer_order [N] -> (timbre [B, R, W], mask [B, R] bool)."""
-        _check_references(refer_latents_packed, refer_order, batch_size, self.cfg.timbre_hidden_dim)
-        embs = self.timbre_encoder(refer_latents_packed)  # [N, W]
-        return unpack_references(embs, refer_order.long(), batch_size)
+    def encode_timbre(self, refer_latents_packed: torch.Tensor | None, refer_order: torch.Tensor,
+                      batch_size: int, timbre_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """refer_latents_packed [N, Tr, 64], refer_order [N] -> (timbre [B, R, W], mask [B, R] bool).
+
+        timbre_embeds [N, W]: the timbre encoder's output already computed (the silence reference is a constant
+        of the model, so a pipeline encodes it once); refer_latents_packed must then be None."""
+        if timbre_embeds is None:
+            _check_references(refer_latents_packed, refer_order, batch_size, self.cfg.timbre_hidden_dim)
+            timbre_embeds = self.timbre_encoder(refer_latents_packed)  # [N, W]
+        else:
+            if refer_latents_packed is not None:
+                raise ValueError("pass refer_latents_packed or timbre_embeds (already encoded), not both")
+            width = self.cfg.encoder.hidden_size
+            check_tensor("timbre_embeds", timbre_embeds, (None, width), f"[N, {width}] with N >= 1")
+            _check_order(timbre_embeds.shape[0], refer_order, batch_size)
+        return unpack_references(timbre_embeds, refer_order.long(), batch_size)
 
     def forward(
         self,
@@ -127,8 +137,10 @@ class ConditionEncoder(nn.Module):
         text_mask: torch.Tensor,
         lyric_embeds: torch.Tensor,
         lyric_mask: torch.Tensor,
-        refer_latents_packed: torch.Tensor,
+        refer_latents_packed: torch.Tensor | None,
         refer_order: torch.Tensor,
+        *,
+        timbre_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (states [B, Ll + R + Lt, W], mask [B, Ll + R + Lt] bool, valid tokens first).
 
@@ -136,7 +148,8 @@ class ConditionEncoder(nn.Module):
         lyric_embeds [B, Ll, Dt] and lyric_mask [B, Ll]: lyric token embeddings and padding mask.
         refer_latents_packed [N, Tr, 64] and refer_order [N]: reference latents of the whole batch;
         reference i belongs to item refer_order[i], and every item needs at least one (the official
-        pipeline gives an item without reference audio a slice of the silence latent).
+        pipeline gives an item without reference audio a slice of the silence latent). timbre_embeds [N, W]
+        replaces refer_latents_packed with their encoding when it is already known (see encode_timbre).
         """
         cfg = self.cfg
         _check_sequence("text_hidden_states", text_hidden_states, "text_mask", text_mask, cfg.text_hidden_dim)
@@ -146,9 +159,11 @@ class ConditionEncoder(nn.Module):
             raise ValueError(f"lyric_embeds: batch size {lyric_embeds.shape[0]} differs from "
                              f"text_hidden_states' {batch_size}")
 
-        text = self.text_projector(text_hidden_states)  # [B, Lt, W]
+        # In the state dtype of the other parts (fp32 in mixed precision, where the projection runs in bf16).
+        text = self.text_projector(text_hidden_states).to(self.null_condition_emb.dtype)  # [B, Lt, W]
         lyrics = self.lyric_encoder(lyric_embeds, lyric_mask)  # [B, Ll, W]
-        timbre, timbre_mask = self.encode_timbre(refer_latents_packed, refer_order, batch_size)  # [B, R, W]
+        timbre, timbre_mask = self.encode_timbre(refer_latents_packed, refer_order, batch_size,
+                                                 timbre_embeds)  # [B, R, W]
         states, mask = pack_sequences(lyrics, lyric_mask, timbre, timbre_mask)
         return pack_sequences(states, mask, text, text_mask)
 
@@ -160,7 +175,10 @@ def _check_sequence(name: str, x: torch.Tensor, mask_name: str, mask: torch.Tens
 
 def _check_references(latents: torch.Tensor, order: torch.Tensor, batch_size: int, dim: int) -> None:
     check_tensor("refer_latents_packed", latents, (None, None, dim), f"[N, Tr, {dim}] with N, Tr >= 1")
-    n = latents.shape[0]
+    _check_order(latents.shape[0], order, batch_size)
+
+
+def _check_order(n: int, order: torch.Tensor, batch_size: int) -> None:
     check_tensor("refer_order", order, (n,), f"[{n}] (one batch index per reference)", kind="int")
     check_values("refer_order", order, 0, batch_size)
     missing = (torch.bincount(order.long(), minlength=batch_size) == 0).nonzero().flatten().tolist()

@@ -43,6 +43,7 @@ MAX_PERIOD = 10000.0
 # (1024 patches = 82 s of audio; the dense mask would be 4 MB there and 225 MB at 10 minutes).
 BANDED_MIN_PATCHES = 1024
 BANDED_BLOCK = 256  # query patches per block
+POSITION_CACHE_SIZE = 8  # (length, dtype, device) entries of RoPE tables and masks kept per model
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,9 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The float32 features are cast to the weights' dtype (the official casts to t's dtype,
-        # which its sampler keeps equal to the model dtype).
-        freq = timestep_sinusoid(t).to(self.linear_1.weight.dtype)
+        # which its sampler keeps equal to the model dtype); read from the bias, which stays a float
+        # when the weight is int8 (quantize.py).
+        freq = timestep_sinusoid(t).to(self.linear_1.bias.dtype)
         temb = self.linear_2(F.silu(self.linear_1(freq)))  # [B, D]
         proj = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))  # [B, 6 * D] -> [B, 6, D]
         return temb, proj
@@ -150,6 +152,9 @@ class DiT(nn.Module):
         self.proj_out = nn.ConvTranspose1d(d, cfg.latent_dim, kernel_size=p, stride=p)
         # Output AdaLN offsets (shift, scale); loaded from the checkpoint.
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+        # (num_patches, dtype, device) -> (rope tables, masks): they depend on the length only, so a sampler's
+        # steps and later songs of the same length reuse them. Not state: never saved, rebuilt on demand.
+        self._positions: dict = {}
 
     @property
     def context_dim(self) -> int:
@@ -170,6 +175,21 @@ class DiT(nn.Module):
             sliding = additive_mask(num_patches, window=window, dtype=dtype, device=device)
         return {"full": additive_mask(num_patches, dtype=dtype, device=device), "sliding": sliding}
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The attention dtype: bf16 in mixed precision, else the state dtype (scale_shift_table's)."""
+        return self.layers[0].self_attn.compute_dtype or self.scale_shift_table.dtype
+
+    def position_tables(self, num_patches: int, dtype: torch.dtype, device) -> tuple[tuple, dict]:
+        """(RoPE cos/sin [P, head_dim], self-attention masks per layer kind), built once per length."""
+        key = (num_patches, dtype, torch.device(device))
+        if key not in self._positions:
+            if len(self._positions) >= POSITION_CACHE_SIZE:
+                self._positions.pop(next(iter(self._positions)))  # oldest first: a dict keeps insertion order
+            rope = rope_tables(num_patches, self.cfg.head_dim, self.cfg.rope_theta, device, dtype)
+            self._positions[key] = (rope, self.self_attention_masks(num_patches, dtype, device))
+        return self._positions[key]
+
     def prepare_condition(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None
     ) -> CrossKV:
@@ -178,7 +198,7 @@ class DiT(nn.Module):
         encoder_hidden_states: [B, L, condition_dim]. encoder_attention_mask: optional [B, L] (1 = real
         token); None reproduces the official model, which attends to the padded positions too.
         """
-        w = self.condition_embedder.weight
+        w = self.scale_shift_table  # the state dtype (fp32 in mixed precision) and the device
         check_tensor("encoder_hidden_states", encoder_hidden_states, (None, None, self.cfg.condition_dim),
                      f"[B, L, {self.cfg.condition_dim}] with L >= 1", dtype=w.dtype, device=w.device)
         b, length, _ = encoder_hidden_states.shape
@@ -187,7 +207,7 @@ class DiT(nn.Module):
             check_tensor("encoder_attention_mask", encoder_attention_mask, (b, length), f"[{b}, {length}] (B, L)",
                          kind="any", device=w.device)
             # Query length 1: the [B, 1, 1, L] mask broadcasts over heads and every latent position.
-            mask = key_padding_mask(encoder_attention_mask, 1, w.dtype)
+            mask = key_padding_mask(encoder_attention_mask, 1, self.compute_dtype)
         c = self.condition_embedder(encoder_hidden_states)  # [B, L, Dc] -> [B, L, D]
         # Contiguous K/V once here, instead of strided views re-read by every sampler step.
         kv = tuple(
@@ -249,10 +269,8 @@ class DiT(nn.Module):
         # [B, T', C] -> [B, C, T'] -> conv -> [B, D, P] -> [B, P, D], made contiguous for the matmuls.
         h = self.proj_in(x.transpose(1, 2)).transpose(1, 2).contiguous()
 
-        # Position tables and masks: built once per call and shared by all layers.
-        num_patches = h.shape[1]
-        rope = rope_tables(num_patches, cfg.head_dim, cfg.rope_theta, h.device, h.dtype)
-        masks = self.self_attention_masks(num_patches, h.dtype, h.device)
+        # Position tables and masks: built once per length and shared by all layers and steps.
+        rope, masks = self.position_tables(h.shape[1], self.compute_dtype, h.device)
         for layer, kind, kv in zip(self.layers, cfg.layer_types, cross_kv.kv):
             h = layer(h, modulation, rope=rope, self_mask=masks[kind], cross_kv=kv, cross_mask=cross_kv.mask)
 

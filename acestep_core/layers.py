@@ -25,6 +25,9 @@ ONEDNN_MAX_SMALL_WEIGHT = 4_200_000
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, routed through oneDNN on CPU in fp32 where that is faster. Same result up to rounding."""
+    if x.dtype != weight.dtype:
+        # Mixed precision: fp32 activations (the residual stream) meet bf16 weights; the matmul runs in bf16.
+        x = x.to(weight.dtype)
     n, k = weight.shape
     m = x.numel() // k if x.dim() >= 2 else 0
     if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and m > 0
@@ -67,7 +70,7 @@ def rope_tables(length: int, head_dim: int, theta: float, device, dtype) -> tupl
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [T, D]."""
+    """x: [B, H, T, D]; cos/sin: [T, D] in x's dtype."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
@@ -153,10 +156,15 @@ class Attention(nn.Module):
         self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
+        # The dtype the projections and attention run in when it differs from the input's (mixed precision:
+        # fp32 residual stream, bf16 matmuls); None: the input's. Set by precision.apply_precision.
+        self.compute_dtype: torch.dtype | None = None
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, L, C] -> normed keys and values, each [B, Hkv, L, D] (no rotary)."""
         b, length, _ = x.shape
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)  # the condition may arrive in the state dtype (mixed precision)
         k = self.k_norm(self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
         return k, v
@@ -171,6 +179,8 @@ class Attention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         b, length, _ = x.shape
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)  # once for q, k and v (mixed precision)
         q = self.q_norm(self.q_proj(x).view(b, length, self.num_heads, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
         if kv is None:
             k, v = self.project_kv(x)
@@ -197,8 +207,11 @@ class SwiGLU(nn.Module):
         self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
+        self.compute_dtype: torch.dtype | None = None  # as Attention.compute_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)  # once for gate and up (mixed precision)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -242,11 +255,14 @@ class EncoderStack(nn.Module):
         """h: [B, L, hidden] already embedded -> normed states [B, L, hidden]."""
         cfg = self.cfg
         length = h.shape[1]
-        rope = rope_tables(length, cfg.head_dim, cfg.rope_theta, h.device, h.dtype)
-        # One mask per attention kind, built once for the whole stack.
+        # The residual stream in the norms' dtype (fp32 in mixed precision, where embed_tokens gives bf16).
+        h = h.to(self.norm.weight.dtype)
+        compute = (self.layers[0].self_attn.compute_dtype or h.dtype) if len(self.layers) else h.dtype
+        rope = rope_tables(length, cfg.head_dim, cfg.rope_theta, h.device, compute)
+        # One mask per attention kind, built once for the whole stack (in the attention's dtype).
         masks = {
-            "full": additive_mask(length, key_padding=key_padding, dtype=h.dtype, device=h.device),
-            "sliding": additive_mask(length, window=cfg.sliding_window, key_padding=key_padding, dtype=h.dtype,
+            "full": additive_mask(length, key_padding=key_padding, dtype=compute, device=h.device),
+            "sliding": additive_mask(length, window=cfg.sliding_window, key_padding=key_padding, dtype=compute,
                                      device=h.device),
         }
         layers = self.layers if limit is None else self.layers[:limit]

@@ -17,7 +17,8 @@ from .checkpoint import LoadedCheckpoint, detect_layout, read_ours
 from .components import COMPONENTS, build_module, expected_shapes  # noqa: F401  (expected_shapes: public here too)
 from .config import AceStepConfig, check_consistency
 from .convert.convert import convert_checkpoint, convert_config
-from .precision import native_compute, store_low_compute_fp32
+from .precision import apply_precision, resolve_precision
+from .quantize import QUANTIZED_COMPONENTS, SCHEMES, quantize_linears
 from .safetensors_io import CheckpointError
 
 log = logging.getLogger("acestep_core")
@@ -25,13 +26,16 @@ log = logging.getLogger("acestep_core")
 
 def load_module(component: str, config: AceStepConfig, tensors: dict[str, torch.Tensor], *,
                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None, where: str = "",
-                origins: dict[str, str] | None = None, source: str = "ours") -> nn.Module:
+                origins: dict[str, str] | None = None, source: str = "ours", quantized: bool = False) -> nn.Module:
     """Build `component` on the meta device and adopt `tensors` (strict, assign=True: no copy, no random init).
 
-    origins: our key -> the key in the source file (from the converter), so every error names both."""
+    origins: our key -> the key in the source file (from the converter), so every error names both.
+    quantized: the tensors hold int8 Linear weights with scales (quantize.py); the module is built to match."""
     where = where or component
     check_finite_sample(tensors, where)
     module = build_module(component, config, "meta")
+    if quantized:
+        quantize_linears(module)
     expected = module.state_dict()
 
     def name(key: str) -> str:
@@ -48,6 +52,9 @@ def load_module(component: str, config: AceStepConfig, tensors: dict[str, torch.
         if tuple(tensors[key].shape) != tuple(want.shape):
             raise CheckpointError(f"{where}: {name(key)} has shape {tuple(tensors[key].shape)}, the config implies "
                                   f"{tuple(want.shape)}")
+        if (tensors[key].dtype == torch.int8) != (want.dtype == torch.int8):
+            raise CheckpointError(f"{where}: {name(key)} is {tensors[key].dtype}, expected "
+                                  f"{'int8 (quantized)' if want.dtype == torch.int8 else 'a float dtype'}")
     module.load_state_dict(tensors, strict=True, assign=True)
     # Anything not in the state dict (non-persistent buffers) must not stay on meta.
     for buffer_name, buf in module.named_buffers():
@@ -83,14 +90,19 @@ def check_silence_latent(silence: torch.Tensor, config: AceStepConfig, where: st
         raise CheckpointError(f"{where}: the silence latent holds non-finite values (NaN or inf)")
 
 
-def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype = torch.float32,
-                    variant: str | None = None, compute_dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype | str = torch.float32,
+                    variant: str | None = None, compute_dtype: torch.dtype | None = None,
+                    precision: str | None = None, quantize: str | None = None) -> LoadedCheckpoint:
     """Load our layout, or convert an official / diffusers folder in memory and load that.
 
-    dtype is the weights' dtype. compute_dtype=None computes in `dtype` where the device has hardware for
-    it, and otherwise keeps the weights in `dtype` but computes in fp32 (see precision.py); pass
-    torch.float32 to force that mode, or `dtype` to force native low-precision compute.
+    dtype is the weights' dtype ("auto": bf16 where the device has bf16 arithmetic, else fp32). bf16 / fp16
+    weights compute in mixed precision (bf16 matmuls, fp32 state) where the device has the arithmetic, and
+    otherwise in fp32 (precision.py); precision="pure-bf16" runs everything in bf16, compute_dtype=torch.float32
+    forces the fp32-compute mode. quantize="int8": int8 weight-only Linear layers in the DiT, condition and text
+    encoders (quantize.py); a checkpoint written with `weights_convert --quantize int8` loads that way anyway.
     """
+    if quantize is not None and quantize not in SCHEMES:
+        raise ValueError(f"quantize must be None or one of {SCHEMES}, got {quantize!r}")
     path = os.fspath(path)
     try:
         if torch.device(device).type == "meta":
@@ -108,23 +120,20 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype
                                                        conv.tokenizer_json)
     check_consistency(config, root)
     check_silence_latent(silence_latent, config, os.path.join(root, "silence_latent"))
-    if compute_dtype is None:
-        compute_dtype = dtype if native_compute(dtype, device) else torch.float32
-    if compute_dtype not in (dtype, torch.float32):
-        raise ValueError(f"compute_dtype must be None, torch.float32 or the weight dtype {dtype}, got {compute_dtype}")
-    emulated = compute_dtype != dtype
-    if emulated:
+    mode = resolve_precision(dtype, device, precision, compute_dtype)
+    if mode.name == "emulated":
         log.warning("%s weights with float32 compute: %s has no %s arithmetic (half the weight memory, fp32 speed)",
-                    dtype, device, dtype)
+                    mode.weights, device, mode.weights)
     modules = {}
     for c in COMPONENTS:
-        # Emulated mode: the VAE (small, convolution-bound) simply runs in fp32.
-        weight_dtype = torch.float32 if (emulated and c == "vae") else dtype
-        module = load_module(c, config, tensors[c], device=device, dtype=weight_dtype, where=os.path.join(root, c),
-                             origins=conv.origins.get(c), source=conv.source)
-        modules[c] = store_low_compute_fp32(module, dtype) if (emulated and c != "vae") else module
-    # The silence latent feeds the DiT context and the timbre encoder: in the compute dtype.
-    silence_latent = silence_latent.to(device=device, dtype=compute_dtype)
+        stored = conv.quantize is not None and c in QUANTIZED_COMPONENTS
+        module = load_module(c, config, tensors[c], device=device, where=os.path.join(root, c),
+                             origins=conv.origins.get(c), source=conv.source, quantized=stored)
+        if quantize is not None and c in QUANTIZED_COMPONENTS and not stored:
+            quantize_linears(module, quantize)  # from the weights as stored, before any precision change
+        modules[c] = apply_precision(module, c, mode)
+    # The silence latent feeds the DiT context and the timbre encoder: in the state dtype.
+    silence_latent = silence_latent.to(device=device, dtype=mode.state)
     return LoadedCheckpoint(config, modules, silence_latent, tokenizer_json)
 
 

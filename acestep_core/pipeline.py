@@ -58,6 +58,8 @@ class AceStepPipeline:
         self.tokenizer = tokenizer
         self.sample_rate = config.vae.sampling_rate
         self.hop = config.vae.hop_length
+        # (dtype, device) -> the timbre encoding [1, W] of the silence reference, a constant of the model.
+        self._silence_timbre: dict = {}
 
     @property
     def device(self) -> torch.device:
@@ -163,7 +165,7 @@ class AceStepPipeline:
         lap("text_encoder")
 
         refs, order = self._reference_latents(req, b)
-        states, mask = self.condition_encoder(text, text_mask, lyric, lyric_mask, refs, order)
+        states, mask = self._condition(text, text_mask, lyric, lyric_mask, refs, order)
         context = self._context(inputs, code_hints)
         cond = Condition(states, mask, context)
         non_cover = None
@@ -242,19 +244,29 @@ class AceStepPipeline:
                     where = name if len(texts) == 1 else f"{name}[{i}]"
                     raise ValueError(f"{where} is too long: {n} tokens once formatted, the model takes at most {limit}")
 
-    def _reference_latents(self, req: Request, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> packed reference latents [N, 750, 64] and the batch index of each [N]."""
+    def _reference_latents(self, req: Request, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """-> packed reference latents [N, 750, 64] (None: the silence reference) and the batch index of each [N]."""
         frames = self.config.condition.timbre_fix_frame
-        if req.reference_audio is None:
-            refs = self.silence_latent[:, :frames].expand(batch_size, -1, -1)
-        else:
-            wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
-            refs = self.encode_audio(wave, sample=req.sample_posterior, generator=derived.vae_generator(req),
-                                     chunk_seconds=req.behaviour.encode_chunk_seconds)[:, :frames]
-            if refs.shape[0] == 1:
-                refs = refs.expand(batch_size, -1, -1)
         order = torch.arange(batch_size, device=self.device)
+        if req.reference_audio is None:
+            return None, order
+        wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
+        refs = self.encode_audio(wave, sample=req.sample_posterior, generator=derived.vae_generator(req),
+                                 chunk_seconds=req.behaviour.encode_chunk_seconds)[:, :frames]
+        if refs.shape[0] == 1:
+            refs = refs.expand(batch_size, -1, -1)
         return refs.contiguous(), order
+
+    def _condition(self, text, text_mask, lyric, lyric_mask, refs, order) -> tuple[torch.Tensor, torch.Tensor]:
+        """The condition encoder; refs None: the silence reference, whose timbre encoding is computed once."""
+        if refs is not None:
+            return self.condition_encoder(text, text_mask, lyric, lyric_mask, refs, order)
+        key = (self.dtype, self.device)
+        if key not in self._silence_timbre:
+            silence = self.silence_latent[:, : self.config.condition.timbre_fix_frame]  # [1, 750, 64]
+            self._silence_timbre[key] = self.condition_encoder.timbre_encoder(silence)  # [1, W]
+        embeds = self._silence_timbre[key].expand(order.shape[0], -1)  # [1, W] -> [N, W], one per item
+        return self.condition_encoder(text, text_mask, lyric, lyric_mask, None, order, timbre_embeds=embeds)
 
     def _context(self, inputs: tasks.TaskInputs, code_hints: torch.Tensor | None) -> torch.Tensor:
         src = inputs.src_latents
@@ -275,7 +287,7 @@ class AceStepPipeline:
         ids, mask = self.tokenizer.encode_captions(captions, padding_side=padding)
         ids, mask = ids.to(self.device), mask.to(self.device)
         text = self.text_encoder(ids)
-        states, cmask = self.condition_encoder(text, mask, lyric, lyric_mask, refs, order)
+        states, cmask = self._condition(text, mask, lyric, lyric_mask, refs, order)
         if req.behaviour.cover_mix == "blend":
             return Condition(states, cmask, context)
         length = inputs.src_latents.shape[1]
@@ -353,20 +365,28 @@ def _normalize(audio: torch.Tensor) -> torch.Tensor:
     return audio.mul_(gain)
 
 
-def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32, *, variant: str | None = None,
-                  compute_dtype: torch.dtype | None = None, planner=None) -> AceStepPipeline:
+def load_pipeline(path, device="cpu", dtype: torch.dtype | str = torch.float32, *, variant: str | None = None,
+                  compute_dtype: torch.dtype | None = None, precision: str | None = None,
+                  quantize: str | None = None, planner=None) -> AceStepPipeline:
     """Load a pipeline from our layout, an official `checkpoints/` folder (or a model folder inside it), a
     diffusers AceStepPipeline folder, or a Hugging Face Hub id ("owner/name" or "owner/name@revision"),
     which `hub.resolve_checkpoint` first downloads (only the chosen variant's files) into the Hub cache. An
     existing local path is never sent to the Hub.
 
-    bf16 / fp16 on a CPU without that arithmetic keeps the weights in that dtype but computes in fp32
-    (compute_dtype=None decides; see loading.load_checkpoint). planner: a 5 Hz LM folder (official
-    `acestep-5Hz-lm-*` or our LM layout) or a loaded `Planner`, for `pipe(..., thinking=True)`."""
-    if planner is not None and not isinstance(planner, Planner):
-        planner = load_planner(planner, device=device, dtype=dtype)
+    dtype=torch.bfloat16 computes in mixed precision (bf16 matmuls and attention, fp32 residual stream, norms,
+    AdaLN and timestep path) where the hardware has bf16 arithmetic and in fp32 elsewhere; precision="pure-bf16"
+    runs everything in bf16 (the official code on GPU); dtype="auto" picks bf16 or fp32 for the hardware
+    (precision.py, loading.load_checkpoint). quantize="int8": int8 weight-only Linear layers (quantize.py).
+    planner: a 5 Hz LM folder (official `acestep-5Hz-lm-*` or our LM layout) or a loaded `Planner`, for
+    `pipe(..., thinking=True)`; a folder is loaded on `device` with the DiT's weight dtype."""
     local = hub.resolve_checkpoint(path, variant)
-    ckpt = load_checkpoint(local, device=device, dtype=dtype, variant=variant, compute_dtype=compute_dtype)
+    ckpt = load_checkpoint(local, device=device, dtype=dtype, variant=variant, compute_dtype=compute_dtype,
+                           precision=precision, quantize=quantize)
+    if planner is not None and not isinstance(planner, Planner):
+        lm_dtype = next(ckpt.modules["dit"].parameters()).dtype  # "auto" / mixed: what the hardware was given
+        if lm_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            lm_dtype = torch.float32  # int8-quantized weights: the LM runs in float32
+        planner = load_planner(planner, device=device, dtype=lm_dtype)
     pc = ckpt.config.pipeline
     tok = TextTokenizer(ckpt.tokenizer_json, pad_token_id=pc.pad_token_id, caption_max_tokens=pc.text_max_tokens,
                         lyric_max_tokens=pc.lyric_max_tokens)

@@ -53,9 +53,11 @@ class Qwen3Encoder(nn.Module):
 
         No attention mask is taken on purpose: see the module docstring.
         """
-        h = self.embed(input_ids)
-        # One RoPE table for positions 0..L-1 shared by every layer; built in float32, cast to the activations.
-        rope = rope_tables(h.shape[1], self.cfg.head_dim, self.cfg.rope_theta, h.device, h.dtype)
+        # The residual stream in the norms' dtype (fp32 in mixed precision, where the embedding table is bf16).
+        h = self.embed(input_ids).to(self.norm.weight.dtype)
+        # One RoPE table for positions 0..L-1 shared by every layer; built in float32, cast to the attention dtype.
+        compute = (self.layers[0].self_attn.compute_dtype or h.dtype) if len(self.layers) else h.dtype
+        rope = rope_tables(h.shape[1], self.cfg.head_dim, self.cfg.rope_theta, h.device, compute)
         for layer in self.layers:
             h = layer(h, rope=rope, is_causal=True)
         return self.norm(h)

@@ -96,7 +96,6 @@ class Thinking:
     lm_top_p: float | None
     lm_repetition_penalty: float
     lm_negative_prompt: str
-    language_given: bool  # the caller passed vocal_language: the LM's language does not replace it
 
 
 # --- small checkers ----------------------------------------------------------------------------------------
@@ -375,7 +374,7 @@ def _output_group(output_type, return_dict, vae_chunk_size, callback_on_step_end
                 sample_posterior=bool(sample_posterior))
 
 
-def _thinking_group(thinking, language_given: bool, use_cot_metas, use_cot_caption, use_cot_language,
+def _thinking_group(thinking, use_cot_metas, use_cot_caption, use_cot_language,
                     lm_temperature, lm_cfg_scale, lm_top_k, lm_top_p, lm_repetition_penalty,
                     lm_negative_prompt) -> Thinking | None:
     for name, value in (("thinking", thinking), ("use_cot_metas", use_cot_metas), ("use_cot_caption", use_cot_caption),
@@ -391,16 +390,13 @@ def _thinking_group(thinking, language_given: bool, use_cot_metas, use_cot_capti
         lm_top_k=_number("lm_top_k", lm_top_k, lo=1, hi=2**31, integer=True, allow_none=True),
         lm_top_p=_number("lm_top_p", lm_top_p, lo=0.0, hi=1.0, allow_none=True),
         lm_repetition_penalty=_number("lm_repetition_penalty", lm_repetition_penalty, lo=0.01, hi=100.0),
-        lm_negative_prompt=_text("lm_negative_prompt", lm_negative_prompt), language_given=language_given)
-
-
-_NOT_GIVEN = object()  # vocal_language's default: "en", unless thinking lets the LM choose
+        lm_negative_prompt=_text("lm_negative_prompt", lm_negative_prompt))
 
 
 def validate_request(
     config: AceStepConfig,
     *,
-    prompt=None, lyrics="", audio_duration=None, vocal_language=_NOT_GIVEN, num_inference_steps=None, guidance_scale=None,
+    prompt=None, lyrics="", audio_duration=None, vocal_language="en", num_inference_steps=None, guidance_scale=None,
     shift=None, generator=None, latents=None, output_type="pt", return_dict=True, bpm=None, keyscale=None,
     timesignature=None, task_type="text2music", instruction=None, track_name=None, complete_track_classes=None,
     src_audio=None, reference_audio=None, audio_codes=None, repainting_start=None, repainting_end=None,
@@ -414,9 +410,7 @@ def validate_request(
 ) -> Request:
     """Every public argument of `AceStepPipeline.__call__` checked against `config`; -> a Request."""
     rules = behaviours.pick(compat, behaviour)
-    language_given = vocal_language is not _NOT_GIVEN
-    vocal_language = vocal_language if language_given else "en"
-    think = _thinking_group(thinking, language_given, use_cot_metas, use_cot_caption, use_cot_language,
+    think = _thinking_group(thinking, use_cot_metas, use_cot_caption, use_cot_language,
                             lm_temperature, lm_cfg_scale, lm_top_k, lm_top_p, lm_repetition_penalty,
                             lm_negative_prompt)
     if chunk_mask_mode is None:

@@ -21,7 +21,7 @@ log = logging.getLogger("acestep_core")
 LM_UNKNOWN = "unknown"  # the LM's and our "no vocals / no language" code
 
 
-def _plans(planner: Planner, req: Request) -> tuple[Plan, ...]:
+def _plans(planner: Planner, req: Request, language_given: bool) -> tuple[Plan, ...]:
     t = req.thinking
     options = dict(
         bpm=req.bpm, keyscale=req.keyscale, timesignature=req.timesignature,
@@ -30,7 +30,7 @@ def _plans(planner: Planner, req: Request) -> tuple[Plan, ...]:
         use_cot_metas=t.use_cot_metas, use_cot_caption=t.use_cot_caption, use_cot_language=t.use_cot_language)
     seeds = req.seeds or [None] * req.batch_size
     same_text = len(set(zip(req.prompts, req.lyrics, req.languages))) == 1
-    language = req.languages[0] if t.language_given and req.languages[0] != LM_UNKNOWN else None
+    language = req.languages[0] if language_given and req.languages[0] != LM_UNKNOWN else None
     if same_text:
         # The official batch call: phase 1 once (from the first seed), phase 2 per item from its own seed.
         return planner.plan_batch(req.prompts[0], req.lyrics[0], seeds=list(seeds), seed=seeds[0],
@@ -42,7 +42,7 @@ def _plans(planner: Planner, req: Request) -> tuple[Plan, ...]:
         item = dict(options)
         if plans and item["duration"] is None:
             item["duration"] = plans[0].metadata.get("duration")
-        lang = req.languages[i] if t.language_given and req.languages[i] != LM_UNKNOWN else None
+        lang = req.languages[i] if language_given and req.languages[i] != LM_UNKNOWN else None
         plans.append(planner.plan(caption, lyrics, seed=seed, vocal_language=lang, **item))
     return tuple(plans)
 
@@ -56,6 +56,9 @@ def plan_kwargs(planner: Planner | None, req: Request, kwargs: dict,
                 fits: Callable[[str], bool]) -> tuple[dict, tuple[Plan, ...] | None]:
     """The pipeline's keyword arguments with the plan filled in (and thinking turned off), and the plans.
 
+    A `vocal_language` in kwargs is the caller's and is kept (and given to the LM); without one, the LM's
+    language is used (use_cot_language).
+
     fits(caption): whether a caption stays within the caption encoder's token limit once formatted. An LM
     caption that does not is replaced by the caller's (with a warning) rather than refused or truncated."""
     if req.thinking is None:
@@ -67,7 +70,8 @@ def plan_kwargs(planner: Planner | None, req: Request, kwargs: dict,
     if planner is None:
         raise ValueError("thinking=True needs the 5 Hz LM planner: load_pipeline(..., planner=LM_DIR) "
                          "(e.g. checkpoints/acestep-5Hz-lm-1.7B)")
-    plans = _plans(planner, req)
+    language_given = "vocal_language" in kwargs
+    plans = _plans(planner, req, language_given)
     first = plans[0].metadata
     out = {**kwargs, "thinking": False}
     # Plan.caption is already the CoT caption when use_cot_caption is on and one was written.
@@ -83,7 +87,7 @@ def plan_kwargs(planner: Planner | None, req: Request, kwargs: dict,
             out[ours] = str(first[theirs]) if ours == "timesignature" else first[theirs]
     if req.audio_duration is None and first.get("duration") is not None:
         out["audio_duration"] = float(first["duration"])
-    if not req.thinking.language_given and req.thinking.use_cot_language:
+    if not language_given and req.thinking.use_cot_language:
         # The official passes this under a key the DiT side never reads; we follow the user-visible intent.
         out["vocal_language"] = [_language(p.metadata.get("language")) for p in plans]
     out["audio_codes"] = [p.audio_codes for p in plans]

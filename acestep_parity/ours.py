@@ -102,10 +102,17 @@ def run_ours(pipe, request: dict, noise: torch.Tensor, *, src_latents: torch.Ten
     dit_calls = [(_arg(c, 0, "hidden_states"), _arg(c, 1, "timestep"), states_in, _arg(c, 4, "context_latents"),
                   c[2]) for c in taps["dit"].calls["forward"]]
     states, mask = cond_call[2]
+    condition_inputs = cond_call[0]
+    if condition_inputs[4] is None:
+        # No reference audio: the pipeline hands over the silence reference's cached timbre encoding instead of
+        # its latents; the reference model gets those latents, [1, 750, 64] -> [N, 750, 64] (N = len(order)).
+        silence = pipe.silence_latent[:, :pipe.config.condition.timbre_fix_frame]
+        condition_inputs = (*condition_inputs[:4], silence.expand(len(condition_inputs[5]), -1, -1),
+                            *condition_inputs[5:])
     return Ours(
         ids=[_arg(text_call, 0, "input_ids"), _arg(cond_call, 1, "text_mask"), _arg(embed_call, 0, "input_ids"),
              _arg(cond_call, 3, "lyric_mask")],
-        text=text_call[2], lyric=embed_call[2], condition_inputs=cond_call[0], states=states, mask=mask,
+        text=text_call[2], lyric=embed_call[2], condition_inputs=condition_inputs, states=states, mask=mask,
         source=encodes[0][2] if encodes else None, context=dit_calls[0][3][:noise.shape[0]], dit_calls=dit_calls,
         # float32 like the pipeline's own decode_latents; the audio metrics work in float64 anyway.
         latents=result.latents, audio=torch.cat([c[2] for c in taps["vae"].calls["decode"]]).float())

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-SECONDS = {"e2e10": 10, "e2e60": 60}
+SECONDS = {"e2e10": 10, "e2e60": 60, "e2e240": 240}
 CASES = list(SECONDS)
 DEFAULT = ["e2e10"]
 CAPTION = "upbeat synth pop with bright analog pads, punchy drums and a catchy female vocal"

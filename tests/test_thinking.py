@@ -61,3 +61,26 @@ def test_thinking_arguments_are_checked(pipe):
         pipe(**ARGS, thinking="yes")
     with pytest.raises(ValueError, match="lm_temperature"):
         pipe(**ARGS, thinking=True, lm_temperature=-1.0)
+
+
+def test_cli_plan_and_generate_think(tmp_path, capsys, monkeypatch):
+    import json
+
+    from acestep_core import cli
+
+    monkeypatch.setenv("ACESTEP_CORE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "plan.json"
+    status = cli.main(["plan", "--lm", str(LM), "--prompt", "calm piano", "--lyrics", "[verse]\nla", "--duration", "10",
+                       "--bpm", "90", "--seed", "3", "--device", "cpu", "--json", str(out)])
+    assert status == 0, capsys.readouterr().err
+    record = json.loads(out.read_text())
+    assert record["num_codes"] == 50 and record["metadata"]["bpm"] == 90
+    song = tmp_path / "song.wav"
+    status = cli.main(["generate", "--think", "--lm", str(LM), "--prompt", "calm piano", "--duration", "10",
+                       "--bpm", "90", "--key", "C major", "--time-signature", "4", "--steps", "1", "--seed", "3",
+                       "--device", "cpu", "--out", str(song)])
+    text = capsys.readouterr()
+    assert status == 0, text.err
+    assert "50 audio codes" in text.out and song.exists()
+    status = cli.main(["generate", "--think", "--prompt", "x", "--out", str(tmp_path / "b.wav"), "--device", "cpu"])
+    assert status == 2 and "--lm" in capsys.readouterr().err

@@ -307,7 +307,8 @@ def convert_checkpoint(path: str, variant: str | None = None) -> Converted:
     return conv
 
 
-def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, force: bool = False, progress=None) -> None:
+def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, force: bool = False, progress=None,
+                     quantize: str | None = None) -> None:
     """Write `conv` to `dst` atomically: a temporary folder beside dst, swapped in at the very end.
 
     dst is checked first (`destination.check_destination`): never a source, the current or home folder,
@@ -316,7 +317,7 @@ def write_checkpoint(conv: Converted, dst: str, *, dtype: str | None = None, for
     dst = check_destination(dst, force=force, sources=(*conv.inputs, conv.tokenizer_json))
     tmp = make_temp_folder(dst)
     try:
-        write_ours(conv, tmp, dtype=dtype, progress=progress)
+        write_ours(conv, tmp, dtype=dtype, quantize=quantize, progress=progress)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

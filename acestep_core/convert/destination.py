@@ -26,6 +26,7 @@ import tempfile
 
 from ..safetensors_io import CONFIG_LIMIT, CheckpointError, current_umask, read_text_bounded
 
+from ..checkpoint import QUANTIZATION_FILE
 from ..components import COMPONENTS
 from ..lm.config import FORMAT as LM_FORMAT
 from .keymaps import DIFFUSERS_FOLDERS
@@ -38,7 +39,7 @@ MARKER = "acestep_core_layout.json"
 MARKER_CONTENT = {"layout": "diffusers", "written_by": "python -m weights_convert"}
 
 # Everything a folder of each layout holds at its top level.
-OURS_ENTRIES = frozenset({"config.json", "tokenizer.json", "silence_latent.safetensors",
+OURS_ENTRIES = frozenset({"config.json", "tokenizer.json", "silence_latent.safetensors", QUANTIZATION_FILE,
                           *(name + ".safetensors" for name in COMPONENTS)})
 LM_ENTRIES = frozenset({"config.json", "lm.safetensors", "tokenizer.json"})
 DIFFUSERS_ENTRIES = frozenset({"model_index.json", MARKER, "tokenizer", "scheduler",
