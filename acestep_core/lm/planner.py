@@ -195,7 +195,8 @@ class Planner:
             seeds = list(seeds)
         n = batch_size if batch_size is not None else (len(seeds) if seeds else None)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"plan_batch needs batch_size >= 1 or a non-empty seeds list, got batch_size={batch_size!r}")
+            raise ValueError(f"plan_batch needs batch_size >= 1 or a non-empty seeds list, "
+                             f"got batch_size={batch_size!r}")
         if n == 1:
             return (self.plan(caption, lyrics, seed=seed if seed is not None else (seeds or [None])[0], **options),)
         seeds = (seeds or [])[:n]
