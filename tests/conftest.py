@@ -32,6 +32,7 @@ SLOW = {
                         "test_sample_is_seeded_and_matches_diffusers"},
     "test_qwen3.py": {"test_live_parity_with_transformers"},
     "test_text.py": {"test_agrees_with_transformers_autotokenizer"},
+    "test_thinking.py": {"test_long_lm_caption_falls_back_to_the_given_one"},
     "test_lm_model.py": {"test_live_parity_with_transformers"},
     "test_adapters.py": {"test_parity_with_diffusers_peft"},
     "test_batch.py": {"test_torchrun_two_cpu_ranks_match_one_process_byte_for_byte",

@@ -7,9 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import acestep_core.lm.planner as planner_mod
 import acestep_core.lm.sample as sample_mod
 from acestep_core.lm import prompts
-from acestep_core.lm.cot import format_cot
+from acestep_core.lm.cot import format_cot, parse_lm_output
+from acestep_core.lm.constrained import MetadataConstraint
 from acestep_core.lm.decode import generate_cfg, generate_plain
 from acestep_core.lm.planner import load_planner
 from acestep_core.lm.sample import Sampling
@@ -207,7 +209,6 @@ def _official_constrained_loop(hf, prompt, fsm, s: Sampling, max_new: int, gen):
 def test_phase_1_follows_the_official_loop(planner):
     """Phase 1: CoT prompt, no CFG, FSM with the user's bpm injected, stop at EOS after the reasoning."""
     transformers = pytest.importorskip("transformers")
-    from acestep_core.lm.constrained import MetadataConstraint
 
     # max_duration=10 makes the FSM write duration 10 (50 codes in phase 2); caption off keeps it short.
     plan = planner.plan("a calm piano ballad", "[verse]\nhello", bpm=95, seed=5, use_cot_caption=False,
@@ -215,7 +216,7 @@ def test_phase_1_follows_the_official_loop(planner):
     text = planner.tokenizer.decode(plan.cot_token_ids)
     assert text.startswith("<think>\nbpm: 95\nduration: 10\nkeyscale: ") and text.endswith("\n<|im_end|>")
     assert "</think>" not in text and "caption" not in text
-    assert plan.metadata == __import__("acestep_core.lm.cot", fromlist=["x"]).parse_lm_output(text)[0]
+    assert plan.metadata == parse_lm_output(text)[0]
     assert set(plan.metadata) == {"bpm", "duration", "keyscale", "language", "timesignature"}
     assert plan.metadata["bpm"] == 95 and plan.metadata["duration"] == 10 and plan.caption == "a calm piano ballad"
     assert len(plan.codes) == 50 and plan.timings["phase1_tokens"] == plan.cot_token_ids.numel()
@@ -234,8 +235,6 @@ def test_phase_1_follows_the_official_loop(planner):
 @torch.inference_mode()
 def test_understand_and_inspire_follow_the_official_loop(planner, monkeypatch):
     transformers = pytest.importorskip("transformers")
-    import acestep_core.lm.planner as planner_mod
-    from acestep_core.lm.constrained import MetadataConstraint
 
     # Random weights write a 512-token caption and then text until EOS: cut both runs at 40 tokens.
     monkeypatch.setattr(planner_mod, "max_new_tokens", lambda *a: 40)
@@ -249,8 +248,7 @@ def test_understand_and_inspire_follow_the_official_loop(planner, monkeypatch):
     ref_ids = _official_constrained_loop(hf, prompt, fsm, Sampling(0.3, None, None, 1.0), 40,
                                          torch.Generator().manual_seed(3))
     assert u.token_ids.tolist() == ref_ids and u.text == planner.tokenizer.decode(ref_ids)
-    assert u.text.startswith("<think>\nbpm:") and u.metadata == __import__(
-        "acestep_core.lm.cot", fromlist=["x"]).parse_lm_output(u.text)[0]
+    assert u.text.startswith("<think>\nbpm:") and u.metadata == parse_lm_output(u.text)[0]
     assert torch.equal(planner.understand([5, 63999, 17], seed=3).token_ids, u.token_ids)
 
     sample = planner.inspire("lofi beats to study to", instrumental=True, vocal_language="en", seed=4)

@@ -21,13 +21,19 @@ ARGS = dict(prompt="a calm piano ballad", lyrics="[verse]\nhello world", num_inf
             output_type="latent")
 
 
-def test_plan_fills_what_the_caller_left_empty_and_drives_the_dit(pipe, caplog):
-    out = pipe(**ARGS, audio_duration=10.0, bpm=120, thinking=True)
-    (plan,) = out.plans
-    assert plan.metadata["bpm"] == 120  # given values win
-    assert len(plan.codes) == 50 and out.latents.shape[1] == 250  # int(10 * 5) codes -> 250 frames
-    # The tiny random LM writes a caption far over the caption encoder's limit: the given one is kept.
+def test_long_lm_caption_falls_back_to_the_given_one(pipe, caplog):
+    """The tiny random LM writes a caption far over the caption encoder's limit: the given one is kept."""
+    out = pipe(**ARGS, audio_duration=10.0, bpm=120, keyscale="C major", thinking=True)
     assert "LM's caption is over the caption token limit" in caplog.text
+    assert len(out.plans[0].codes) == 50
+
+
+def test_plan_fills_what_the_caller_left_empty_and_drives_the_dit(pipe):
+    # use_cot_caption=False: phase 1 writes only the metadata (the random LM's caption would be 3500 tokens).
+    out = pipe(**ARGS, audio_duration=10.0, bpm=120, thinking=True, use_cot_caption=False)
+    (plan,) = out.plans
+    assert plan.metadata["bpm"] == 120 and plan.cot_token_ids.numel() > 0  # given values win; phase 1 ran
+    assert len(plan.codes) == 50 and out.latents.shape[1] == 250  # int(10 * 5) codes -> 250 frames
     # The same request written out by hand gives the same latents: thinking only fills arguments in.
     meta = plan.metadata
     ts = meta.get("timesignature")
@@ -38,8 +44,9 @@ def test_plan_fills_what_the_caller_left_empty_and_drives_the_dit(pipe, caplog):
 
 
 def test_same_seed_same_plan_and_song(pipe):
-    a = pipe(**ARGS, audio_duration=10.0, thinking=True)
-    b = pipe(**ARGS, audio_duration=10.0, thinking=True)
+    metas = dict(audio_duration=10.0, bpm=90, keyscale="A minor", timesignature="3")  # phase 2 alone
+    a = pipe(**ARGS, **metas, thinking=True)
+    b = pipe(**ARGS, **metas, thinking=True)
     assert a.plans[0].audio_codes == b.plans[0].audio_codes and torch.equal(a.latents, b.latents)
 
 
@@ -71,7 +78,8 @@ def test_cli_plan_and_generate_think(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ACESTEP_CORE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "plan.json"
     status = cli.main(["plan", "--lm", str(LM), "--prompt", "calm piano", "--lyrics", "[verse]\nla", "--duration", "10",
-                       "--bpm", "90", "--seed", "3", "--device", "cpu", "--json", str(out)])
+                       "--bpm", "90", "--key", "C major", "--time-signature", "4", "--seed", "3", "--device", "cpu",
+                       "--json", str(out)])
     assert status == 0, capsys.readouterr().err
     record = json.loads(out.read_text())
     assert record["num_codes"] == 50 and record["metadata"]["bpm"] == 90

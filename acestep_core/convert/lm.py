@@ -98,16 +98,16 @@ def lm_config_from_transformers(cfg: dict, where: str) -> LMConfig:
     )
     unknown = sorted(set(cfg) - used - IGNORED)
     if unknown:
-        raise ConversionError(f"{where}: unknown key {unknown[0]!r}; it is neither read nor in the documented "
-                              "ignore list (acestep_core/convert/lm.py IGNORED)")
+        raise ConversionError(f"{where}: unknown key {unknown[0]!r}; it is neither read nor in the "
+                              "documented ignore list (acestep_core/convert/lm.py IGNORED)")
     return config
 
 
 def _check_tied_head(state_dict: dict[str, torch.Tensor], where: str) -> None:
     head, embed = state_dict.get("lm_head.weight"), state_dict.get("model.embed_tokens.weight")
     if head is not None and embed is not None and not torch.equal(head, embed):
-        raise ConversionError(f"{where}: lm_head.weight differs from model.embed_tokens.weight; only a tied head "
-                              "is supported")
+        raise ConversionError(f"{where}: lm_head.weight differs from model.embed_tokens.weight; "
+                                      "only a tied head is supported")
 
 
 def check_lm_tensors(tensors: dict[str, torch.Tensor], config: LMConfig, where: str) -> None:
@@ -116,12 +116,14 @@ def check_lm_tensors(tensors: dict[str, torch.Tensor], config: LMConfig, where: 
         expected = {k: tuple(v.shape) for k, v in Qwen3LM(config).state_dict().items()}
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing:
-        raise ConversionError(f"{where}: missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConversionError(f"{where}: missing key {missing[0]!r}{more}")
     if extra:
         raise ConversionError(f"{where}: unexpected key {extra[0]!r}")
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
-            raise ConversionError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, the config implies {shape}")
+            raise ConversionError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, "
+                                          f"the config implies {shape}")
 
 
 def convert_lm_folder(src: str | os.PathLike) -> tuple[LMConfig, dict[str, torch.Tensor], str]:
@@ -133,7 +135,8 @@ def convert_lm_folder(src: str | os.PathLike) -> tuple[LMConfig, dict[str, torch
     tokenizer_path = os.path.join(src, "tokenizer.json")
     tokenizer = LMTokenizer.from_file(tokenizer_path)  # ValueError when the audio-code tokens are missing
     if len(tokenizer) > config.vocab_size:
-        raise ConversionError(f"{src}: the tokenizer has {len(tokenizer)} tokens but vocab_size is {config.vocab_size}")
+        raise ConversionError(f"{src}: the tokenizer has {len(tokenizer)} tokens but vocab_size is "
+                                      f"{config.vocab_size}")
     state_dict = read_state_dict(src, "model")
     _check_tied_head(state_dict, src)
     tensors = rename_keys(state_dict, {"lm": KEYS}, src)["lm"]

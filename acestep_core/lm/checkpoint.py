@@ -36,7 +36,8 @@ def load_lm(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.fl
         config, tensors, tokenizer_path = lm_convert.convert_lm_folder(path)
     tokenizer = LMTokenizer.from_file(tokenizer_path)
     if len(tokenizer) > config.vocab_size:
-        raise CheckpointError(f"{path}: the tokenizer has {len(tokenizer)} tokens but vocab_size is {config.vocab_size}")
+        raise CheckpointError(f"{path}: the tokenizer has {len(tokenizer)} tokens but vocab_size is "
+                              f"{config.vocab_size}")
     lm_convert.check_lm_tensors(tensors, config, path)  # names the first missing / extra / misshapen key
     with torch.device("meta"):
         model = Qwen3LM(config)

@@ -93,7 +93,7 @@ _NAME = dict(zip(_FIELDS, ("BPM_NAME", "CAPTION_NAME", "DURATION_NAME", "GENRES_
 _VALUE = {field: name.replace("_NAME", "_VALUE") for field, name in _NAME.items()}
 _FIXED_TEXT = {THINK_TAG: "<think>", NEWLINE_AFTER_THINK: "\n", THINK_END_TAG: "</think>",
                **{_NAME[field]: field + ":" for field in _FIELDS}}
-_SKIPPABLE = ("caption", "genres", "language")
+_NUMERIC = (_VALUE["bpm"], _VALUE["duration"], _VALUE["timesignature"])
 _NAMED_AFTER_CAPTION = ("duration", "genres", "keyscale", "language", "timesignature")
 
 
@@ -396,17 +396,14 @@ class MetadataConstraint:
                     self._transition()
         elif state == _VALUE["caption"]:
             self._caption_token(text)
-        elif state in (_VALUE[f] for f in ("bpm", "duration", "timesignature", "keyscale", "language", "genres")):
+        elif state in _VALUE.values():  # the other value states end at a newline
             if token_id == self.newline_id:
                 self._transition()
             elif state == _VALUE["genres"]:
-                self._acc_text += text
+                self._acc_text += text  # genres work on text, the others on token ids
             else:
                 self._acc_ids.append(token_id)
-                numeric = state in (_VALUE["bpm"], _VALUE["duration"], _VALUE["timesignature"])
-                if not numeric:
-                    self._acc_text += text
-                elif text.strip().isdigit():
+                if state in _NUMERIC and text.strip().isdigit():
                     self._acc_text += text.strip()  # the digits written so far (target_duration forcing)
 
     def _caption_token(self, text: str) -> None:

@@ -19,7 +19,8 @@ import yaml
 
 COT_FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 _CODE_TOKEN_RE = re.compile(r"<\|audio_code_\d+\|>")
-_REASONING_RES = (re.compile(r"<think>(.*?)</think>", re.DOTALL), re.compile(r"<reasoning>(.*?)</reasoning>", re.DOTALL))
+_REASONING_RES = (re.compile(r"<think>(.*?)</think>", re.DOTALL),
+                  re.compile(r"<reasoning>(.*?)</reasoning>", re.DOTALL))
 _LYRIC_HEADER_RE = re.compile(r"^#\s*Lyri[cs|]?\s*\n", re.IGNORECASE)  # the official class [c|cs] is {c, |, s}
 _TRAILING_EOS_RE = re.compile(r"<\|im_end\|>\s*$")
 

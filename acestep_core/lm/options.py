@@ -55,8 +55,10 @@ def lm_request(caption: str, lyrics: str, *, bpm=None, keyscale=None, timesignat
     for name, text in (("caption", caption), ("lyrics", lyrics), ("negative_prompt", negative_prompt)):
         if not isinstance(text, str):
             raise TypeError(f"{name} must be a string, got {type(text).__name__}")
-    if isinstance(max_duration, bool) or not isinstance(max_duration, int) or not DURATION_MIN <= max_duration <= DURATION_MAX:
-        raise ValueError(f"max_duration must be an integer in {DURATION_MIN}..{DURATION_MAX} seconds, got {max_duration!r}")
+    if (isinstance(max_duration, bool) or not isinstance(max_duration, int)
+            or not DURATION_MIN <= max_duration <= DURATION_MAX):
+        raise ValueError(f"max_duration must be an integer in {DURATION_MIN}..{DURATION_MAX} seconds, "
+                         f"got {max_duration!r}")
     if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)):
         raise TypeError(f"cfg_scale must be a number, got {cfg_scale!r}")
     raw = {}

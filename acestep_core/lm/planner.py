@@ -30,7 +30,7 @@ from .options import PlanRequest, lm_request, max_new_tokens, new_generator
 from .tokenizer import LMTokenizer, code_values, parse_code_list, parse_code_string
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensor fields: compare the fields you need
 class Plan:
     metadata: dict  # the official parser's dict of phase 1 (bpm/duration ints), or the user's values
     caption: str  # the caption for the DiT: the CoT caption when use_cot_caption and one was written
@@ -47,7 +47,7 @@ class Plan:
         return code_values(self.audio_codes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensor fields: compare the fields you need
 class Understanding:
     metadata: dict  # as the official `understand_audio_from_codes`: parsed CoT fields (+ "lyrics" when found)
     lyrics: str
@@ -57,7 +57,7 @@ class Understanding:
     timings: dict
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensor fields: compare the fields you need
 class Sample:
     caption: str
     lyrics: str
@@ -84,6 +84,10 @@ class Planner:
         self.legacy_cfg_prompt = False  # the official handler's use_legacy_cfg_prompt switch (codes-phase uncond)
         self._fsms: dict[int, MetadataConstraint] = {}
         self._caches: dict[str, object] = {}
+
+    def release_caches(self) -> None:
+        """Free the KV caches kept between calls (phase 1's holds prompt + 3500 positions: ~0.9 GB for 1.7B fp32)."""
+        self._caches.clear()
 
     # --- pieces -------------------------------------------------------------------------------------------
 
@@ -188,10 +192,11 @@ class Planner:
         len(seeds). One item is a plain `plan` (seeded with `seed`, else seeds[0]), as the official single mode.
         """
         if seeds is not None:
-            seeds = [s for s in seeds]
+            seeds = list(seeds)
         n = batch_size if batch_size is not None else (len(seeds) if seeds else None)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"plan_batch needs batch_size >= 1 or a non-empty seeds list, got batch_size={batch_size!r}")
+            raise ValueError(f"plan_batch needs batch_size >= 1 or a non-empty seeds list, "
+                             f"got batch_size={batch_size!r}")
         if n == 1:
             return (self.plan(caption, lyrics, seed=seed if seed is not None else (seeds or [None])[0], **options),)
         seeds = (seeds or [])[:n]

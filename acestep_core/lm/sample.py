@@ -68,7 +68,7 @@ def top_p_filter(scores: torch.Tensor, p: float | None) -> torch.Tensor:
     the token that crosses p (and always the best one) stays; in place."""
     if p is not None and 0.0 < p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=True)
-        cumulative = torch.cumsum(torch.softmax(sorted_scores.float(), dim=-1), dim=-1)
+        cumulative = torch.cumsum(torch.softmax(sorted_scores.float(), dim=-1), dim=-1)  # fp32 as official
         drop_sorted = cumulative > p
         drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
         drop_sorted[..., 0] = False
@@ -79,7 +79,7 @@ def top_p_filter(scores: torch.Tensor, p: float | None) -> torch.Tensor:
 def draw(scores: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """softmax(scores / temperature) -> one multinomial sample per row [B]; argmax when temperature is 0."""
     if temperature > 0:
-        probs = torch.softmax(scores.float() / temperature, dim=-1)
+        probs = torch.softmax(scores.float() / temperature, dim=-1)  # fp32 softmax, as the official upcasts
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return torch.argmax(scores, dim=-1)
 
