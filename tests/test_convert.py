@@ -230,7 +230,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, sig):
     import time
 
     dst = tmp_path / "out"
-    slow = ("import time, sys, acestep_core.convert.convert as c, acestep_core.convert.cli as m\n"
+    slow = ("import time, sys, acestep_core.checkpoint as c, acestep_core.convert.cli as m\n"
             "orig = c.write_safetensors\n"
             "def slow(*a, **k):\n    orig(*a, **k); print('writing', flush=True); time.sleep(30)\n"
             "c.write_safetensors = slow\n"
