@@ -12,6 +12,7 @@ layouts, so switching is a one-line change; the behaviour is the official handle
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -144,11 +145,13 @@ class AceStepPipeline:
         captions, lyric_texts = derived.captions(req, rate), derived.lyric_texts(req)
         self._check_token_limits(captions, lyric_texts)
         src_latents = code_hints = None
+        # One posterior-sampling generator per request: the source, then the reference, draw from it in turn.
+        vae_gen = derived.vae_generator(req)
         if req.codes is not None:
             code_hints = self.codes_to_latents(req.codes).to(dtype)  # [B, 5N, 64]
         elif req.src_audio is not None:
             src_latents = self.encode_audio(req.src_audio, sample=req.sample_posterior,
-                                            generator=derived.vae_generator(req), chunk_seconds=rules.encode_chunk_seconds)
+                                            generator=vae_gen, chunk_seconds=rules.encode_chunk_seconds)
         lap("encode_audio")
 
         # Latent length: the source or codes decide it when given, else the requested duration.
@@ -164,7 +167,7 @@ class AceStepPipeline:
         text, text_mask, lyric, lyric_mask = self.encode_text(captions, lyric_texts, padding_side=padding)
         lap("text_encoder")
 
-        refs, order = self._reference_latents(req, b)
+        refs, order = self._reference_latents(req, b, vae_gen)
         states, mask = self._condition(text, text_mask, lyric, lyric_mask, refs, order)
         context = self._context(inputs, code_hints)
         cond = Condition(states, mask, context)
@@ -227,8 +230,7 @@ class AceStepPipeline:
     def _caption_fits(self, req: Request):
         """caption -> whether it stays within the caption token limit once formatted like this request's."""
         def fits(caption: str) -> bool:
-            text = prompts.format_caption(caption, req.instruction, bpm=req.bpm, timesignature=req.timesignature,
-                                          keyscale=req.keyscale, duration=req.audio_duration)
+            (text,) = derived.captions(dataclasses.replace(req, prompts=[caption]), self.sample_rate)
             return self.tokenizer.count(text) <= self.tokenizer.caption_max_tokens
         return fits
 
@@ -244,14 +246,15 @@ class AceStepPipeline:
                     where = name if len(texts) == 1 else f"{name}[{i}]"
                     raise ValueError(f"{where} is too long: {n} tokens once formatted, the model takes at most {limit}")
 
-    def _reference_latents(self, req: Request, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _reference_latents(self, req: Request, batch_size: int,
+                           vae_gen: torch.Generator | None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """-> packed reference latents [N, 750, 64] (None: the silence reference) and the batch index of each [N]."""
         frames = self.config.condition.timbre_fix_frame
         order = torch.arange(batch_size, device=self.device)
         if req.reference_audio is None:
             return None, order
         wave = _reference_segments(req.reference_audio, self.sample_rate)  # [Br, 2, 30 s]
-        refs = self.encode_audio(wave, sample=req.sample_posterior, generator=derived.vae_generator(req),
+        refs = self.encode_audio(wave, sample=req.sample_posterior, generator=vae_gen,
                                  chunk_seconds=req.behaviour.encode_chunk_seconds)[:, :frames]
         if refs.shape[0] == 1:
             refs = refs.expand(batch_size, -1, -1)

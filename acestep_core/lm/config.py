@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from ..config import ConfigError, from_dict, to_dict
+from ..safetensors_io import read_json_bounded
 
 FORMAT = "acestep-core-lm"
 FORMAT_VERSION = 1
@@ -46,33 +47,27 @@ class LMConfig:
             raise ConfigError(f"LMConfig.head_dim must be even for rotary embeddings, got {self.head_dim}")
 
 
+def _config_file(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    return os.path.join(path, "config.json") if os.path.isdir(path) else path
+
+
 def is_lm_config(path: str | os.PathLike) -> bool:
     """Whether `path` (a folder or its config.json) is in our LM format (as opposed to a transformers one)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        data = read_json_bounded(_config_file(path))
+    except ValueError:  # missing, not a regular file, over the limit, not a JSON object
         return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+    return data.get("format") == FORMAT
 
 
 def read_lm_config(path: str | os.PathLike) -> LMConfig:
     """Our `config.json` (a folder or the file itself) -> LMConfig; any malformed entry is a ConfigError."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
+    path = _config_file(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
+        data = read_json_bounded(path)
+    except ValueError as e:  # missing, not a regular file, over the limit, not UTF-8, not a JSON object
+        raise ConfigError(str(e)) from None
     fmt, version = data.pop("format", None), data.pop("format_version", None)
     if fmt != FORMAT:
         raise ConfigError(f"{path}: format is {fmt!r}, expected {FORMAT!r} (an official LM folder is read by "

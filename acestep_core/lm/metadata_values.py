@@ -5,16 +5,11 @@ write values from them, so a user value outside them is rejected up front with o
 of being injected into the CoT text unchecked.
 """
 
-# ISO 639-1 style codes plus "yue" (Cantonese) and "unknown" (instrumental / undetected): 51 entries.
-# The order matters to the decoder: it is the insertion order of the official language prefix tree.
-LANGUAGES = (
-    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en",
-    "es", "fa", "fi", "fr", "he", "hi", "hr", "ht", "hu", "id",
-    "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no",
-    "pa", "pl", "pt", "ro", "ru", "sa", "sk", "sr", "sv", "sw",
-    "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh",
-    "unknown",
-)
+from ..prompts import VOCAL_LANGUAGES
+
+# The 51 vocal language codes of the caption side (ISO 639-1 style, "yue", "unknown"). The order matters to
+# the decoder: it is the insertion order of the official language prefix tree, which is the same list.
+LANGUAGES = VOCAL_LANGUAGES
 
 # 7 notes x 5 accidentals (none, ASCII #/b, Unicode sharp/flat) x 2 modes = 70 keyscales, e.g. "F# minor".
 KEYSCALE_NOTES = ("A", "B", "C", "D", "E", "F", "G")
